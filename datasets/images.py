@@ -1,0 +1,39 @@
+"""One image reader for training and evaluation, so every mode decodes to the same RGB."""
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from utils.errors import InputError
+
+
+class ImageReadError(InputError):
+    """An image file that cannot be decoded (empty, truncated, not an image)."""
+
+
+def _to_8bit(img):
+    """16/32-bit integer and float single-channel images become 8-bit 'L' by scaling their value range."""
+    arr = np.asarray(img)
+    if arr.dtype == np.uint8:
+        return img
+    arr = arr.astype(np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def load_rgb(path):
+    """Read ``path`` as an RGB PIL image, EXIF orientation applied.
+
+    Grayscale, palette, CMYK, RGBA (alpha dropped, not composited), 16-bit and float images all come out as
+    8-bit RGB. Anything PIL cannot decode fully raises ``ImageReadError`` naming the file.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                img = _to_8bit(img)
+            if img.mode == "P":
+                img = img.convert("RGBA")
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise ImageReadError(f"{path}: cannot read image ({err.__class__.__name__}: {err})") from err

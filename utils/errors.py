@@ -1,0 +1,33 @@
+"""Clear errors for bad input: one line naming the file and what was expected, exit code 2, no traceback."""
+
+import functools
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+class InputError(Exception):
+    """Bad user input (missing path, malformed file). Scripts turn it into one line and exit code 2."""
+
+
+def fail_cleanly(main):
+    """Decorate a script's ``main``: an ``InputError`` prints ``error: <message>`` and exits with code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+def require_path(path, what):
+    """Return ``path`` if it exists, else raise an ``InputError`` naming it and what it should hold."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise InputError(f"{path} not found: expected {what}")
+    return path
