@@ -1,0 +1,36 @@
+"""Multi-head attention as the released Token model computes it (TOKEN-FACTS.md, "MHA").
+
+Separate query, key and value projections with bias, ``heads`` heads, softmax(q k^T / sqrt(d / heads)) over
+the keys, an output projection with bias. Used by LFSA (self-attention over local features) and by the
+refinement block (cross-attention tokens -> local features, self-attention among tokens).
+"""
+
+import torch
+from torch import nn
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, dim, heads=8, dropout=0.1):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = nn.Dropout(dropout)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def _split(self, x):
+        b, n, d = x.shape
+        return x.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, query, key, value, return_attention=False):
+        """``query`` (B, M, d) attends to ``key``/``value`` (B, N, d); returns (B, M, d) [and (B, heads, M, N)]."""
+        q, k, v = self._split(self.q(query)), self._split(self.k(key)), self._split(self.v(value))
+        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        out = self.attn_drop(attn) @ v
+        out = self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))
+        return (out, attn) if return_attention else out

@@ -1,0 +1,57 @@
+"""The tokenizer: L visual tokens from local features by spatial attention (paper, "Tokenizer"; Table 5).
+
+For each position n the logits A[i, n] = c_i . x_n against L centres c_i are turned into a **softmax over the
+L tokens** (each position shares itself among the tokens; TOKEN-FACTS.md), and token i = sum_n A[i, n] x_n,
+followed by Linear(d, d) and LayerNorm(d).
+
+``kind`` selects where the centres come from, the tokenizer ablation of Table 5:
+- ``"attention"`` (the paper's): learned queries, logits are the plain dot products above;
+- ``"learned"``: centres are parameters and the assignment is by distance, logits -||x_n - c_i||^2;
+- ``"vq"``: the same distance assignment, but the centres are not trained by gradient: during training each
+  centre moves by an exponential moving average towards the mean of the features soft-assigned to it in
+  the batch, c_i <- m c_i + (1 - m) sum_{b,n} A[b,i,n] x_{b,n} / sum_{b,n} A[b,i,n].
+"""
+
+import torch
+from torch import nn
+
+TOKENIZERS = ("attention", "learned", "vq")
+
+
+class Tokenizer(nn.Module):
+    def __init__(self, dim, num_tokens=4, kind="attention", momentum=0.99):
+        super().__init__()
+        if kind not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {kind!r}")
+        self.kind = kind
+        self.momentum = momentum
+        centres = torch.randn(1, num_tokens, dim)
+        if kind == "attention":
+            self.queries = nn.Parameter(centres)
+        elif kind == "learned":
+            self.centres = nn.Parameter(centres)
+        else:
+            self.register_buffer("ema_centres", centres)
+        self.proj = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+
+    def assignment(self, x):
+        """Soft assignment (B, L, N) of the N local features in ``x`` (B, N, d) to the L tokens."""
+        if self.kind == "attention":
+            logits = self.queries @ x.transpose(1, 2)
+        else:
+            centres = self.centres if self.kind == "learned" else self.ema_centres.clone()  # updated in place
+            logits = -torch.cdist(centres.expand(x.shape[0], -1, -1), x).square()
+        return torch.softmax(logits, dim=1)
+
+    @torch.no_grad()
+    def _update_centres(self, attn, x):
+        mass = attn.sum(dim=(0, 2)).clamp_min(1e-6)[:, None]
+        batch_mean = torch.einsum("bln,bnd->ld", attn, x) / mass
+        self.ema_centres.mul_(self.momentum).add_((1 - self.momentum) * batch_mean[None].to(self.ema_centres))
+
+    def forward(self, x):
+        """``x``: local features (B, N, d) -> tokens (B, L, d) and the assignment (B, L, N)."""
+        attn = self.assignment(x)
+        if self.kind == "vq" and self.training:
+            self._update_centres(attn, x)
+        return self.proj(attn @ x), attn
