@@ -1,0 +1,311 @@
+"""Google Landmarks v2 (clean) for training: annotations, a cached train/val split, transforms, a dataset.
+
+Layout under ``root`` (as the CVDF download unpacks it)::
+
+    train_clean.csv   landmark_id,images        images = space-separated image ids
+    train.csv         id,url,landmark_id        one image a row
+    train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg
+
+``load_gldv2`` reads either CSV, drops images missing on disk, relabels the landmarks to 0..C-1 (ascending
+original id), splits each landmark's images 80/20 into train/val and caches the result in ``cache_dir``:
+``GLDv2-clean-train-split.pkl``, ``GLDv2-clean-val-split.pkl`` and the label map ``GLDv2-clean-label-map.csv``.
+A cache is reused only when it was made from the same CSV (name, size, mtime) with the same seed and val
+fraction; delete it to rescan the image tree after adding images.
+"""
+
+import hashlib
+import logging
+import os
+import pickle
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision.transforms as T
+from torch.utils.data import Dataset, default_collate
+
+from datasets.images import ImageReadError, load_rgb
+from utils.errors import InputError
+from utils.safe_pickle import safe_load
+
+log = logging.getLogger(__name__)
+
+LAYOUT = ("train_clean.csv (landmark_id,images) or train.csv (id,url,landmark_id) "
+          "and images at train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg")
+TRAIN_CACHE = "GLDv2-clean-train-split.pkl"
+VAL_CACHE = "GLDv2-clean-val-split.pkl"
+LABEL_MAP = "GLDv2-clean-label-map.csv"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGE_ID = r"[\w-]{3,}"
+_LANDMARK_ID = r"\d{1,18}"
+_FIRST_LINE = 2  # the CSV header is line 1
+
+
+@dataclass
+class GLDv2Split:
+    """Train/val samples as (image path relative to the GLDv2 root, label), labels in 0..num_classes-1."""
+
+    train: list
+    val: list
+    num_classes: int
+    label_map: dict  # original landmark_id -> label
+
+
+def image_path(image_id):
+    """The image's path relative to the GLDv2 root: ``train/a/b/c/abc....jpg``."""
+    return f"train/{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
+
+
+def load_gldv2(root, csv="train_clean.csv", seed=0, val_fraction=0.2, cache_dir=None):
+    """Load the GLDv2 train/val split of ``root/csv``, building and caching it in ``cache_dir`` (default root)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root} not found: expected a GLDv2 directory with {LAYOUT}")
+    csv_path = root / csv
+    if not csv_path.is_file():
+        raise InputError(f"{csv_path} not found: expected {LAYOUT}")
+    if not 0 < val_fraction < 1:
+        raise InputError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else root
+    stat = csv_path.stat()
+    settings = {"csv": str(csv), "csv_size": stat.st_size, "csv_mtime_ns": stat.st_mtime_ns,
+                "seed": int(seed), "val_fraction": float(val_fraction)}
+
+    cached = _read_cache(cache_dir, settings)
+    if cached is None:
+        cached = _build_split(root, csv_path, int(seed), float(val_fraction))
+        _write_cache(cache_dir, settings, *cached)
+    landmark_ids, train, val = cached
+    return GLDv2Split(train=[(image_path(i), label) for i, label in train],
+                      val=[(image_path(i), label) for i, label in val],
+                      num_classes=len(landmark_ids),
+                      label_map={lid: label for label, lid in enumerate(landmark_ids)})
+
+
+# ---------------------------------------------------------------- annotations
+
+
+def _read_csv(path, **kwargs):
+    """Every field as a string ('' when empty), blank lines kept so that row i sits on line i + 2.
+
+    Fields beyond the header's are ignored (``index_col=False`` stops pandas taking the first as an index).
+    """
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False,
+                           **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable CSV ({err})") from None
+
+
+def read_annotations(csv_path):
+    """One row per listed image, columns ``id`` (str) and ``landmark_id`` (int), index = its CSV line.
+
+    The format is told by the header: ``landmark_id,images`` (train_clean.csv) or ``id,...,landmark_id``
+    (train.csv). Blank lines are skipped; any other malformed row raises ``InputError`` naming its line.
+    """
+    columns = set(_read_csv(csv_path, nrows=0).columns)
+    if {"landmark_id", "images"} <= columns:
+        rows = _without_blank_lines(_read_csv(csv_path, usecols=["landmark_id", "images"]))
+        rows = rows.assign(id=rows.pop("images").str.split()).explode("id")
+    elif {"id", "landmark_id"} <= columns:
+        rows = _without_blank_lines(_read_csv(csv_path, usecols=["id", "landmark_id"]))
+    else:
+        raise InputError(f"{csv_path}: expected columns landmark_id,images (train_clean.csv) or "
+                         f"id,url,landmark_id (train.csv), found {','.join(sorted(columns)) or 'none'}")
+
+    _fail_at_first(csv_path, rows, ~rows["landmark_id"].str.fullmatch(_LANDMARK_ID),
+                   lambda row: f"landmark_id {row.landmark_id!r} is not a non-negative integer")
+    _fail_at_first(csv_path, rows, rows["id"].isna(), lambda row: "lists no image ids")
+    _fail_at_first(csv_path, rows, ~rows["id"].str.fullmatch(_IMAGE_ID),
+                   lambda row: f"image id {row.id!r} is not an id (at least 3 letters, digits, '_' or '-')")
+    _fail_at_first(csv_path, rows, rows["id"].duplicated(),
+                   lambda row: f"image id {row.id} is already listed on line {_first_line(rows, row.id)}")
+    return rows.astype({"landmark_id": "int64"})[["id", "landmark_id"]]
+
+
+def _without_blank_lines(rows):
+    """Index rows by their 1-based line in the file and drop the blank ones."""
+    rows.index += _FIRST_LINE
+    return rows[~rows.eq("").all(axis=1)]
+
+
+def _first_line(rows, image_id):
+    """The line on which ``image_id`` is first listed."""
+    return rows.index[(rows["id"] == image_id).to_numpy().argmax()]
+
+
+def _fail_at_first(csv_path, rows, bad, describe):
+    """Raise an ``InputError`` naming the file, line and ``describe(row)`` for the first row where ``bad``."""
+    bad = bad.to_numpy(dtype=bool, na_value=False)
+    if bad.any():
+        pos = int(bad.argmax())
+        row = rows.iloc[pos]
+        raise InputError(f"{csv_path}, line {rows.index[pos]}: {describe(row)}")
+
+
+# ---------------------------------------------------------------- split
+
+
+def _build_split(root, csv_path, seed, val_fraction):
+    """Read the annotations, leave out missing images, relabel and split: (landmark_ids, train, val)."""
+    rows = read_annotations(csv_path)
+    log.info("building the GLDv2 split of %s (%d images): checking the image files", csv_path, len(rows))
+    missing = find_missing(root, rows["id"])
+    if missing:
+        examples = ", ".join(str(root / image_path(i)) for i in missing[:3])
+        log.warning("%d of %d images listed in %s are missing on disk and left out, e.g. %s",
+                    len(missing), len(rows), csv_path, examples)
+        rows = rows[~rows["id"].isin(missing)]
+    images_by_landmark = rows.groupby("landmark_id", sort=True)["id"].agg(list)
+    train, val = [], []
+    for label, image_ids in enumerate(images_by_landmark):
+        landmark_train, landmark_val = split_landmark(image_ids, seed, val_fraction)
+        train += [(i, label) for i in landmark_train]
+        val += [(i, label) for i in landmark_val]
+    return [int(lid) for lid in images_by_landmark.index], train, val
+
+
+def find_missing(root, image_ids):
+    """The ids in ``image_ids`` with no file under ``root``, listing each leaf directory once, not one stat each."""
+    ids_by_dir = defaultdict(list)
+    for image_id in image_ids:
+        ids_by_dir[image_id[:3]].append(image_id)
+    missing = []
+    for prefix, ids in ids_by_dir.items():
+        present = _file_names(Path(root, "train", *prefix))
+        missing += [i for i in ids if f"{i}.jpg" not in present]
+    return missing
+
+
+def _file_names(directory):
+    """Names of the files in ``directory``; none when it does not exist."""
+    try:
+        with os.scandir(directory) as entries:
+            return {entry.name for entry in entries if entry.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def split_landmark(image_ids, seed, val_fraction):
+    """Split one landmark's images into (train, val), the val share rounded, at least one each when n >= 2.
+
+    Images are ordered by a hash of (seed, image id), so the split depends on neither the CSV order nor
+    on the other landmarks.
+    """
+    order = sorted(image_ids, key=lambda i: hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=8).digest())
+    n_val = min(len(order) - 1, max(1, int(len(order) * val_fraction + 0.5)))
+    return order[n_val:], order[:n_val]
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _read_cache(cache_dir, settings):
+    """(landmark_ids, train, val) from a cache made with ``settings``, or None to build it afresh."""
+    paths = [cache_dir / TRAIN_CACHE, cache_dir / VAL_CACHE]
+    if not all(path.is_file() for path in paths):
+        return None
+    payloads = [safe_load(path) for path in paths]
+    for path, payload in zip(paths, payloads, strict=True):
+        made_with = payload.get("settings") if isinstance(payload, dict) else None
+        if made_with != settings:
+            log.warning("%s was made with other settings (%s), not %s: rebuilding the split",
+                        path, made_with, settings)
+            return None
+    train, val = payloads
+    return train["landmark_ids"], train["samples"], val["samples"]
+
+
+def _write_cache(cache_dir, settings, landmark_ids, train, val):
+    """Save the label map as CSV and both splits as pickles of plain data, each file replaced atomically."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        label_map = pd.DataFrame({"landmark_id": landmark_ids, "label": range(len(landmark_ids))})
+        _replace(cache_dir / LABEL_MAP, label_map.to_csv(index=False).encode())
+        for name, samples in ((VAL_CACHE, val), (TRAIN_CACHE, train)):
+            payload = {"settings": settings, "landmark_ids": landmark_ids, "samples": samples}
+            _replace(cache_dir / name, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError as err:
+        raise InputError(f"cannot write the GLDv2 split cache to {cache_dir} ({err.strerror}): "
+                         "pass a writable cache_dir") from None
+
+
+def _replace(path, data):
+    """Write ``data`` to ``path`` through a temporary file, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def train_transform(imsize=512, crop_scale=(0.2, 1.0), hflip=True, color_jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8):
+    """The released training augmentation; each step is switched off by None/False.
+
+    Without ``crop_scale`` the image is resized (short side ``imsize``) and centre-cropped instead, so
+    batches keep one size. ``color_jitter`` = (brightness, contrast, saturation, hue), applied with
+    probability ``jitter_p``.
+    """
+    if crop_scale:
+        steps = [T.RandomResizedCrop(imsize, scale=tuple(crop_scale))]
+    else:
+        steps = [T.Resize(imsize), T.CenterCrop(imsize)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if color_jitter and jitter_p:
+        steps.append(T.RandomApply([T.ColorJitter(*color_jitter)], p=jitter_p))
+    return T.Compose(steps + _to_normalized_tensor())
+
+
+def val_transform(imsize=512):
+    """Resize the short side to round(imsize * 8/7) (bicubic, as released), centre-crop ``imsize``, normalise."""
+    resize = T.Resize(round(imsize * 8 / 7), interpolation=T.InterpolationMode.BICUBIC)
+    return T.Compose([resize, T.CenterCrop(imsize)] + _to_normalized_tensor())
+
+
+def _to_normalized_tensor():
+    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+# ---------------------------------------------------------------- dataset
+
+
+class LandmarkImages(Dataset):
+    """(image tensor, label) for (path, label) samples, paths relative to ``root``; None for an unreadable image.
+
+    Paths and labels are held in numpy arrays rather than a list of tuples: DataLoader workers then share
+    them without the copy-on-read growth that reference counts cause on Python objects.
+    """
+
+    def __init__(self, samples, root, transform):
+        self.root = Path(root)
+        self.paths = np.array([str(path) for path, _ in samples], dtype=np.str_)
+        self.labels = np.array([label for _, label in samples], dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        path = self.root / self.paths[index]
+        try:
+            image = load_rgb(path)
+        except ImageReadError as err:
+            log.warning("skipping an unreadable image: %s", err)
+            return None
+        return self.transform(image), int(self.labels[index])
+
+
+def collate_skip_bad(batch):
+    """Collate the readable samples: (images, labels, n_skipped); empty tensors when none was readable."""
+    good = [sample for sample in batch if sample is not None]
+    n_skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), n_skipped
+    images, labels = default_collate(good)
+    return images, labels, n_skipped
