@@ -27,7 +27,7 @@ import torch
 import torchvision.transforms as T
 from torch.utils.data import Dataset, default_collate
 
-from datasets.images import ImageReadError, load_rgb
+from datasets.images import ImageReadError, load_rgb, to_normalized_tensor
 from utils.errors import InputError
 from utils.safe_pickle import safe_load
 
@@ -38,8 +38,6 @@ LAYOUT = ("train_clean.csv (landmark_id,images) or train.csv (id,url,landmark_id
 TRAIN_CACHE = "GLDv2-clean-train-split.pkl"
 VAL_CACHE = "GLDv2-clean-val-split.pkl"
 LABEL_MAP = "GLDv2-clean-label-map.csv"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGE_ID = r"[\w-]{3,}"
 _LANDMARK_ID = r"\d{1,18}"
 _FIRST_LINE = 2  # the CSV header is line 1
@@ -259,17 +257,14 @@ def train_transform(imsize=512, crop_scale=(0.2, 1.0), hflip=True, color_jitter=
         steps.append(T.RandomHorizontalFlip())
     if color_jitter and jitter_p:
         steps.append(T.RandomApply([T.ColorJitter(*color_jitter)], p=jitter_p))
-    return T.Compose(steps + _to_normalized_tensor())
+    return T.Compose(steps + [to_normalized_tensor()])
 
 
 def val_transform(imsize=512):
     """Resize the short side to round(imsize * 8/7) (bicubic, as released), centre-crop ``imsize``, normalise."""
     resize = T.Resize(round(imsize * 8 / 7), interpolation=T.InterpolationMode.BICUBIC)
-    return T.Compose([resize, T.CenterCrop(imsize)] + _to_normalized_tensor())
+    return T.Compose([resize, T.CenterCrop(imsize)] + [to_normalized_tensor()])
 
-
-def _to_normalized_tensor():
-    return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
 # ---------------------------------------------------------------- dataset

@@ -1,9 +1,13 @@
-"""One image reader for training and evaluation, so every mode decodes to the same RGB."""
+"""One image reader and one tensor conversion for training and evaluation, so both see the same pixels."""
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import torchvision.transforms as T
+from PIL import Image, UnidentifiedImageError
 
 from utils.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageReadError(InputError):
@@ -21,15 +25,16 @@ def _to_8bit(img):
 
 
 def load_rgb(path):
-    """Read ``path`` as an RGB PIL image, EXIF orientation applied.
+    """Read ``path`` as an RGB PIL image in its stored orientation.
 
     Grayscale, palette, CMYK, RGBA (alpha dropped, not composited), 16-bit and float images all come out as
-    8-bit RGB. Anything PIL cannot decode fully raises ``ImageReadError`` naming the file.
+    8-bit RGB. EXIF orientation tags are not applied, as in the reference pipelines: the revisitop query
+    boxes are in stored-pixel coordinates, and training reads images the same way. Anything PIL cannot
+    decode fully raises ``ImageReadError`` naming the file.
     """
     try:
         with Image.open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 img = _to_8bit(img)
             if img.mode == "P":
@@ -37,3 +42,8 @@ def load_rgb(path):
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise ImageReadError(f"{path}: cannot read image ({err.__class__.__name__}: {err})") from err
+
+
+def to_normalized_tensor():
+    """PIL image -> float tensor 3 x H x W: torchvision's ToTensor, then the ImageNet mean/std."""
+    return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

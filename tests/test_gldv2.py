@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 
 from datasets import gldv2
 from datasets.gldv2 import (
-    IMAGENET_MEAN,
     LABEL_MAP,
     TRAIN_CACHE,
     VAL_CACHE,
@@ -24,6 +23,7 @@ from datasets.gldv2 import (
     train_transform,
     val_transform,
 )
+from datasets.images import IMAGENET_MEAN
 from utils.errors import InputError
 from utils.safe_pickle import safe_load
 

@@ -20,13 +20,13 @@ def test_16bit_is_scaled_to_8bit(tmp_path):
     assert load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_exif_rotation_is_applied(tmp_path):
+def test_exif_orientation_is_not_applied_as_in_the_reference_pipelines(tmp_path):
     path = tmp_path / "rot.jpg"
     img = Image.new("RGB", (20, 10))
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(path, exif=exif)
-    assert load_rgb(path).size == (10, 20)
+    assert load_rgb(path).size == (20, 10)
 
 
 @pytest.mark.parametrize("payload", [b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\x00" * 20])

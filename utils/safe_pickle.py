@@ -13,6 +13,7 @@ from utils.errors import InputError
 _ALLOWED = {
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "slice"),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # Python 3 protocol-2 pickles rebuild numpy buffers through it: str -> bytes only
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
