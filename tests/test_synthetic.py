@@ -1,0 +1,254 @@
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets import synthetic
+from datasets.synthetic import MARKER, TEST_NAME, ensure_generated, generate, label_view, main
+from utils.safe_pickle import safe_load
+
+TINY = dict(num_train_landmarks=6, images_per_landmark=(3, 5), num_test_landmarks=3, queries_per_landmark=(1, 2),
+            db_views_per_landmark=(4, 6), num_distractors=8, progress=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return generate(root, seed=3, workers=1, **TINY)
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def _train_tables(root):
+    clean = _read_csv(root / "train_clean.csv")
+    full = _read_csv(root / "train.csv")
+    return clean, full
+
+
+def test_gldv2_layout_and_csvs_agree(world):
+    root = world.root
+    clean, full = _train_tables(root)
+    assert clean[0] == ["landmark_id", "images"] and full[0] == ["id", "url", "landmark_id"]
+    assert len(clean) - 1 == world.counts["train_landmarks"] == 6
+    by_clean = {}
+    for lid, images in clean[1:]:
+        ids = images.split(" ")
+        assert 3 <= len(ids) <= 5
+        for i in ids:
+            by_clean[i] = int(lid)
+    lids = [int(r[0]) for r in clean[1:]]
+    assert lids == sorted(lids) and len(set(lids)) == len(lids)
+    assert lids != list(range(len(lids))), "landmark ids should not be contiguous from 0"
+    by_full = {r[0]: int(r[2]) for r in full[1:]}
+    assert len(by_full) == len(full) - 1 == len(by_clean) == world.counts["train_images"]
+    assert by_full == by_clean
+    for i in by_clean:
+        assert re.fullmatch(r"[0-9a-f]{16}", i)
+        path = root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg"
+        assert path.is_file()
+    on_disk = {p.stem for p in (root / "train").rglob("*") if p.is_file()}
+    assert on_disk == set(by_clean)
+    assert all(r[1].startswith("synthetic://") for r in full[1:])
+
+
+def test_images_are_small_jpegs_of_varied_shape(world):
+    paths = sorted((world.root / "train").rglob("*.jpg")) + sorted((world.root / "test").rglob("*.jpg"))
+    sizes = set()
+    for p in paths:
+        with Image.open(p) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            w, h = im.size
+        assert 128 <= max(w, h) <= 160 and min(w, h) >= 96
+        sizes.add((w, h))
+    assert len(sizes) > 10
+
+
+def test_revisitop_ground_truth(world):
+    gnd_path = world.root / "test" / TEST_NAME / f"gnd_{TEST_NAME}.pkl"
+    assert gnd_path == world.gnd_path
+    cfg = safe_load(gnd_path)  # plain data only
+    assert set(cfg) == {"imlist", "qimlist", "gnd"}
+    imlist, qimlist, gnd = cfg["imlist"], cfg["qimlist"], cfg["gnd"]
+    assert len(gnd) == len(qimlist) and 3 <= len(qimlist) <= 6
+    assert len(set(imlist)) == len(imlist) and len(set(qimlist)) == len(qimlist)
+    assert not set(imlist) & set(qimlist)
+    jpg = world.root / "test" / TEST_NAME / "jpg"
+    assert {p.stem for p in jpg.glob("*.jpg")} == set(imlist) | set(qimlist)
+    for name, g in zip(qimlist, gnd, strict=True):
+        assert set(g) == {"bbx", "easy", "hard", "junk"}
+        assert g["easy"] and g["hard"], "every query needs an easy and a hard positive"
+        labelled = g["easy"] + g["hard"] + g["junk"]
+        assert len(set(labelled)) == len(labelled)
+        assert all(isinstance(i, int) and 0 <= i < len(imlist) for i in labelled)
+        with Image.open(jpg / f"{name}.jpg") as im:
+            w, h = im.size
+        x0, y0, x1, y1 = g["bbx"]
+        assert all(isinstance(v, float) for v in g["bbx"])
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        assert (x1 - x0) * (y1 - y0) >= 0.1 * w * h
+    # Queries of one landmark share their database positives; distractors are in no query's lists.
+    positives = {i for g in gnd for i in g["easy"] + g["hard"] + g["junk"]}
+    assert len(imlist) - len(positives) == world.counts["distractors"] == 8
+
+
+def test_labels_follow_generation_parameters(world):
+    meta = json.loads((world.root / synthetic.META).read_text())
+    cfg = safe_load(world.gnd_path)
+    db = meta["database"]
+    assert [d["name"] for d in db] == cfg["imlist"]
+    for d in db:
+        if d["role"] == "test":
+            assert d["label"] == label_view(d["d"], d["visible"])
+        else:
+            assert d["label"] is None
+    for q, g in zip(meta["queries"], cfg["gnd"], strict=True):
+        for lab in ("easy", "hard", "junk"):
+            assert g[lab] == [i for i, d in enumerate(db) if d["landmark_id"] == q["landmark_id"] and d["label"] == lab]
+        assert q["visible"] >= 0.85 and q["d"] <= 0.3
+
+
+def test_train_and_test_landmarks_are_disjoint(world):
+    meta = json.loads((world.root / synthetic.META).read_text())
+    groups = [meta["train_landmarks"], meta["test_landmarks"], meta["distractor_landmarks"]]
+    for key in ("landmark_id", "fingerprint", "index"):
+        values = [lm[key] for g in groups for lm in g]
+        assert len(set(values)) == len(values), key
+    clean, _ = _train_tables(world.root)
+    train_lids = {int(r[0]) for r in clean[1:]}
+    assert train_lids == {lm["landmark_id"] for lm in meta["train_landmarks"]}
+    assert not train_lids & {q["landmark_id"] for q in meta["queries"]}
+
+
+def test_same_seed_same_bytes_any_workers_other_seed_differs(world, tmp_path):
+    again = generate(tmp_path / "again", seed=3, workers=2, **TINY)
+    assert _files(again.root) == _files(world.root)
+    other = generate(tmp_path / "other", seed=4, workers=1, **TINY)
+    a, b = _files(world.root), _files(other.root)
+    assert a["train_clean.csv"] != b["train_clean.csv"]
+    assert not {k for k in a if k.endswith(".jpg")} & {k for k in b if k.endswith(".jpg")}
+
+
+def test_marker_makes_reuse_a_no_op_and_regeneration_follows_changes(tmp_path):
+    root = tmp_path / "w"
+    first = ensure_generated(root, seed=1, workers=1, **TINY)
+    assert first.generated and (root / MARKER).is_file()
+    snapshot = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    second = ensure_generated(root, seed=1, workers=1, **TINY)
+    assert not second.generated and second.counts == first.counts
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == snapshot
+
+    # No marker: a partial folder, regenerated from scratch (stray files in our folders go).
+    (root / MARKER).unlink()
+    stray = root / "train" / "f" / "f" / "f" / "ffffffffffffffff.jpg"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"partial")
+    keep = root / "test" / "roxford5k" / "keep.txt"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("another data set")
+    third = ensure_generated(root, seed=1, workers=1, **TINY)
+    assert third.generated and not stray.exists() and keep.read_text() == "another data set"
+
+    # Different parameters: regenerated, and the old world's images are gone.
+    old = set(_files(root))
+    fourth = ensure_generated(root, seed=1, workers=1, **{**TINY, "num_train_landmarks": 4})
+    assert fourth.generated and fourth.counts["train_landmarks"] == 4
+    clean, _ = _train_tables(root)
+    assert len(clean) == 5
+    assert {p.stem for p in (root / "train").rglob("*.jpg")} == {i for r in clean[1:] for i in r[1].split()}
+    assert old != set(_files(root))
+
+
+def test_label_rules():
+    assert label_view(0.1, 0.95) == "easy"
+    assert label_view(0.5, 0.95) == "hard"
+    assert label_view(0.2, 0.6) == "hard"
+    assert label_view(0.2, 0.2) == "junk"
+    assert label_view(0.95, 0.95) == "junk"
+    assert label_view(0.8, 0.4) == "junk"
+
+
+def test_landmarks_are_deterministic_and_distinct():
+    a, b = synthetic.render_landmark(0, 5), synthetic.render_landmark(0, 5)
+    assert a.fingerprint == b.fingerprint and np.array_equal(a.points, b.points)
+    prints = {synthetic.render_landmark(0, i).fingerprint for i in range(40)}
+    assert len(prints) == 40
+    assert synthetic.render_landmark(1, 5).fingerprint != a.fingerprint
+
+
+def test_bad_parameters_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="images_per_landmark"):
+        generate(tmp_path, **{**TINY, "images_per_landmark": (5, 3)})
+    with pytest.raises(ValueError, match="image_size"):
+        generate(tmp_path, **{**TINY, "image_size": (64, 80)})
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_cli(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--root", "--seed", "--train-landmarks", "--images-per-landmark", "--test-landmarks",
+                 "--queries-per-landmark", "--db-views-per-landmark", "--distractors", "--image-size", "--workers",
+                 "--force", "--quiet"):
+        assert flag in text
+    args = ["--root", str(tmp_path / "cli"), "--seed", "2", "--train-landmarks", "3", "--images-per-landmark", "2-3",
+            "--test-landmarks", "2", "--db-views-per-landmark", "4", "--distractors", "3", "--workers", "1",
+            "--quiet"]
+    assert main(args) == 0
+    assert "generated" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "already complete" in capsys.readouterr().out
+    marker = json.loads((tmp_path / "cli" / MARKER).read_text())
+    assert marker["params"]["images_per_landmark"] == [2, 3] and marker["params"]["seed"] == 2
+
+
+def _ensure_in_child(args):
+    root, queue = args
+    queue.put(ensure_generated(root, seed=5, workers=1, **TINY).generated)
+
+
+def test_concurrent_callers_generate_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ensure_in_child, args=((tmp_path / "shared", queue),)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(queue.get(timeout=5) for _ in procs) == [False, True]
+
+
+def test_the_world_loads_through_the_real_loaders(world, tmp_path):
+    """The GLDv2 and revisitop loaders read the generated sets unchanged, with consistent labels and boxes."""
+    from datasets.gldv2 import load_gldv2
+    from datasets.revisitop import RevisitopImages, load_revisitop
+
+    root = world.root
+    split = load_gldv2(root, cache_dir=tmp_path)
+    clean = _read_csv(root / "train_clean.csv")[1:]  # landmark_id,images
+    assert split.num_classes == len(clean)
+    landmark_of = {img: int(landmark) for landmark, images in clean for img in images.split()}
+    assert len(split.train) + len(split.val) == len(landmark_of)
+    for path, label in split.train + split.val:
+        assert split.label_map[landmark_of[path.rsplit("/", 1)[1][:-4]]] == label
+        assert (root / path).is_file()
+
+    test = load_revisitop(root, "synthetic")
+    test.check_images()
+    queries = RevisitopImages(test.query_paths(), imsize=64, bbxs=test.bbxs())
+    for i in range(len(queries)):
+        assert queries[i][0].shape[0] == 3
