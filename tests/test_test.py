@@ -1,0 +1,292 @@
+"""test.py end to end on a generated roxford5k-format set (and R1M-format distractors) with a small resnet18 Token:
+the printed report, the files written, reuse of features, shard resume, torchrun, clean errors."""
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from networks import Token
+
+ROOT = Path(__file__).resolve().parents[1]
+# test.py by path: a plain "import test" could find the standard library's test package
+_spec = importlib.util.spec_from_file_location("token_test_script", ROOT / "test.py")
+test_py = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_py)
+DIM = 32
+# (width, height) of the database images: repeated sizes batch together, odd ones fall back to smaller batches
+DB_SIZES = [(96, 72), (72, 96), (96, 72), (80, 80), (96, 64), (50, 90), (96, 72), (72, 96)] * 3 + [(33, 47), (120, 40)]
+# query boxes as the official pickles hold them (floats); the last query's crop has the first one's size
+QUERIES = [((96, 72), (10.0, 8.0, 70.5, 60.2)), ((72, 96), (0.0, 0.0, 72.0, 96.0)), ((80, 80), (20, 5, 60, 75)),
+           ((96, 72), (10.0, 8.0, 70.5, 60.2))]
+R1M_IMAGES = 11
+TEST_ARGS = ["--imsize", "64", "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+
+
+def _image(rng, width, height):
+    """Smooth random colours with a few rectangles: enough structure for distinct descriptors."""
+    small = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
+    arr = np.array(img)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, width // 2), rng.integers(0, height // 2)
+        arr[y0:y0 + height // 3, x0:x0 + width // 3] = rng.integers(0, 256, size=3)
+    return Image.fromarray(arr)
+
+
+def write_mini_set(data_root, name="roxford5k", seed=0):
+    """A revisitop-format set: database and query JPEGs of several sizes and ``gnd_<name>.pkl`` as the official
+    pickles hold it (lists of ints, ``bbx`` as a list of floats)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(data_root) / "test" / name
+    (folder / "jpg").mkdir(parents=True)
+    imlist = [f"db_{i:03d}" for i in range(len(DB_SIZES))]
+    qimlist = [f"query_{q}" for q in range(len(QUERIES))]
+    for image, size in zip(imlist, DB_SIZES, strict=True):
+        _image(rng, *size).save(folder / "jpg" / f"{image}.jpg", quality=90)
+    for image, (size, _) in zip(qimlist, QUERIES, strict=True):
+        _image(rng, *size).save(folder / "jpg" / f"{image}.jpg", quality=90)
+    gnd = [{"bbx": list(map(float, box)), "easy": [3 * q, 3 * q + 1], "hard": [3 * q + 2, 20 + q], "junk": [10 + q]}
+           for q, (_, box) in enumerate(QUERIES)]
+    with open(folder / f"gnd_{name}.pkl", "wb") as f:
+        pickle.dump({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}, f)
+    return folder
+
+
+def write_r1m(data_root, count=R1M_IMAGES, seed=1):
+    """R1M-format distractors: ``revisitop1m.txt`` listing images in sub-folders of ``jpg/``."""
+    rng = np.random.default_rng(seed)
+    folder = Path(data_root) / "test" / "revisitop1m"
+    entries = [f"{i % 3}/distractor_{i:04d}.jpg" for i in range(count)]
+    for entry in entries:
+        (folder / "jpg" / entry).parent.mkdir(parents=True, exist_ok=True)
+        _image(rng, *DB_SIZES[int(rng.integers(len(DB_SIZES)))]).save(folder / "jpg" / entry, quality=90)
+    (folder / "revisitop1m.txt").write_text("\n".join(entries) + "\n")
+    return folder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two spinning threads per process cost 50x in wall time."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_token():
+    torch.manual_seed(0)
+    return Token("resnet18", dim=64, out_dim=DIM, heads=4, pretrained=False).eval()
+
+
+def write_checkpoint(path):
+    model = small_token()
+    torch.save({"state_dict": model.state_dict(), "model_config": model.config}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    write_mini_set(base / "data")
+    write_r1m(base / "data")
+    return base / "data", write_checkpoint(base / "token.pth")
+
+
+def run_test(data_root, checkpoint, output_dir, *extra):
+    argv = ["--checkpoint", str(checkpoint), "--data-root", str(data_root), "--datasets", "roxford5k",
+            *TEST_ARGS, *extra]
+    if output_dir is not None:
+        argv += ["--output-dir", str(output_dir)]
+    return test_py.main(argv)
+
+
+FULL = ("--r1m", "--shard-size", "4", "--qe", "--dba", "--pq", "8", "--pq-bits", "4")
+
+
+@pytest.fixture(scope="module")
+def evaluated(setup, tmp_path_factory):
+    """One full run (R1M in shards of 4, QE, DBA, PQ): its output folder, report and printed text."""
+    data_root, checkpoint = setup
+    output_dir = tmp_path_factory.mktemp("evaluated")
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        report = run_test(data_root, checkpoint, output_dir, *FULL)
+    return output_dir, report, capture.getvalue()
+
+
+def copy_of(folder, tmp_path):
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def test_report_features_and_results(evaluated):
+    output_dir, report, out = evaluated
+    assert ">> Test Dataset: roxford5k\n>> mAP Easy: " in out and ">> mP@k[1, 5, 10] Easy: [" in out
+    assert ">> Test Dataset: roxford5k+1M\n" in out
+    for name in ("roxford5k", "roxford5k+1M"):
+        for label in ("exact+qe", "exact+dba", "exact+dba+qe", "pq8x4"):
+            assert f">> Test Dataset: {name} [{label}]" in out
+    assert ">> roxford5k_db: extracting 26 images" in out and "reusing" not in out
+
+    features = output_dir / "features"
+    db, queries = np.load(features / "roxford5k_db.npy"), np.load(features / "roxford5k_query.npy")
+    assert db.shape == (len(DB_SIZES), DIM) and queries.shape == (len(QUERIES), DIM) and db.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(db, axis=1), 1, atol=1e-5)
+    assert not (features / "roxford5k_db").exists()  # shards merged, then removed
+    assert json.loads((features / "roxford5k_db.json").read_text())["key"]["imsize"] == 64
+    shards = sorted((features / "revisitop1m").glob("shard_*.npy"))
+    assert [p.name for p in shards] == [f"shard_{k:05d}.npy" for k in range(3)]  # 11 images, 4 a shard
+    assert np.concatenate([np.load(p) for p in shards]).shape == (R1M_IMAGES, DIM)
+
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results == json.loads(json.dumps(report))
+    entry = results["datasets"]["roxford5k"]
+    assert entry["images"] == {"db": len(DB_SIZES), "query": len(QUERIES)}
+    assert entry["extraction_ms_per_image"]["db"] > 0
+    assert set(entry["runs"]) == {"exact", "exact+qe", "exact+dba", "exact+dba+qe", "pq8x4"}
+    exact = entry["runs"]["exact"]
+    assert set(exact) == {"easy", "medium", "hard", "search_ms_per_query", "bytes_per_image", "database_bytes"}
+    assert set(exact["medium"]) == {"mAP", "mP@1", "mP@5", "mP@10"} and 0 <= exact["medium"]["mAP"] <= 100
+    assert exact["bytes_per_image"] == 4 * DIM and exact["database_bytes"] == 4 * DIM * len(DB_SIZES)
+    assert f"Medium: {exact['medium']['mAP']:.2f}" in out
+    assert entry["runs"]["pq8x4"]["bytes_per_image"] == 4  # 8 codes of 4 bits
+    plus = results["datasets"]["roxford5k+1M"]
+    assert plus["images"]["db"] == len(DB_SIZES) + R1M_IMAGES and plus["extraction_ms_per_image"]["revisitop1m"] > 0
+    assert plus["runs"]["exact"]["database_bytes"] == 4 * DIM * (len(DB_SIZES) + R1M_IMAGES)
+
+
+def test_rerun_reuses_features(setup, evaluated, tmp_path, capsys):
+    data_root, checkpoint = setup
+    output_dir = copy_of(evaluated[0], tmp_path)
+    mtime = (output_dir / "features" / "roxford5k_db.npy").stat().st_mtime_ns
+    report = run_test(data_root, checkpoint, output_dir, *FULL)
+    out = capsys.readouterr().out
+    for name in ("roxford5k_db", "roxford5k_query", "revisitop1m"):
+        assert f">> {name}: reusing" in out
+    assert "extracting" not in out
+    assert (output_dir / "features" / "roxford5k_db.npy").stat().st_mtime_ns == mtime
+    for name in ("roxford5k", "roxford5k+1M"):
+        for label, run in report["datasets"][name]["runs"].items():
+            for protocol in ("easy", "medium", "hard"):
+                assert run[protocol] == evaluated[1]["datasets"][name]["runs"][label][protocol]
+
+
+def test_interrupted_r1m_extraction_resumes(setup, evaluated, tmp_path, capsys):
+    data_root, checkpoint = setup
+    output_dir = copy_of(evaluated[0], tmp_path)
+    shards = sorted((output_dir / "features" / "revisitop1m").glob("shard_*.npy"))
+    expected = [np.load(p) for p in shards]
+    kept = shards[0].stat().st_mtime_ns
+    shards[1].unlink()
+    np.save(shards[2], expected[2][:2])  # a shard of the wrong length is redone too
+    (shards[0].parent / ".shard_00001.npy.999.tmp").write_bytes(b"partial write of a killed run")
+    report = run_test(data_root, checkpoint, output_dir, "--r1m", "--shard-size", "4")
+    out = capsys.readouterr().out
+    assert ">> revisitop1m: 1 of 3 shards found, extracting the other 2" in out
+    assert ">> roxford5k_db: reusing" in out
+    assert shards[0].stat().st_mtime_ns == kept
+    for shard, rows in zip(shards, expected, strict=True):
+        np.testing.assert_allclose(np.load(shard), rows, atol=1e-6)
+    before = evaluated[1]["datasets"]["roxford5k+1M"]["runs"]["exact"]["medium"]
+    assert report["datasets"]["roxford5k+1M"]["runs"]["exact"]["medium"] == pytest.approx(before)
+
+
+def test_torchrun_two_processes_give_the_features_of_one(setup, evaluated, tmp_path):
+    data_root, checkpoint = setup
+    one = evaluated[0]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "test.py"), "--checkpoint", str(checkpoint), "--data-root", str(data_root),
+           "--datasets", "roxford5k", *TEST_ARGS, *FULL, "--output-dir", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(">> Test Dataset: roxford5k\n") == 1  # rank 0 alone reports
+    # shards of 4 images dealt round-robin to the two processes: 7 for roxford5k's 26 images, 3 for R1M's 11
+    names = ["roxford5k_db.npy", "roxford5k_query.npy"] + [f"revisitop1m/shard_{k:05d}.npy" for k in range(3)]
+    for name in names:
+        np.testing.assert_allclose(np.load(tmp_path / "features" / name), np.load(one / "features" / name),
+                                   atol=1e-5)
+    meta = json.loads((tmp_path / "features" / "revisitop1m" / "meta.json").read_text())
+    assert meta["shard_size"] == 4 and meta["extraction_ms_per_image"] > 0
+    two = json.loads((tmp_path / "results.json").read_text())["datasets"]
+    for name in ("roxford5k", "roxford5k+1M"):
+        for protocol in ("easy", "medium", "hard"):
+            assert two[name]["runs"]["exact"][protocol] == pytest.approx(
+                evaluated[1]["datasets"][name]["runs"]["exact"][protocol])
+
+
+def test_without_output_dir_nothing_is_kept(setup, tmp_path, monkeypatch):
+    data_root, checkpoint = setup
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    report = run_test(data_root, checkpoint, None, "--scales", "1")
+    assert report["datasets"]["roxford5k"]["runs"]["exact"]["medium"]["mAP"] >= 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no_root", "not found: expected the layout"),
+    ("no_checkpoint", "not found: expected a Token checkpoint"),
+    ("missing_image", "1 image(s) missing"),
+    ("pq_not_dividing", "--pq 5 must divide the descriptor size 32"),
+    ("pq_too_few", "needs at least 256 database images"),
+    ("amp_on_cpu", "--amp runs float16 autocast on CUDA"),
+    ("r1m_as_dataset", "pass --r1m"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(setup, evaluated, tmp_path, capsys, case, message):
+    data_root, checkpoint = setup
+    output_dir = copy_of(evaluated[0], tmp_path) if case == "pq_too_few" else tmp_path / "out"  # features reused
+    extra = {"pq_not_dividing": ["--pq", "5"], "pq_too_few": ["--pq", "4"], "amp_on_cpu": ["--amp"],
+             "r1m_as_dataset": ["--datasets", "revisitop1m"]}.get(case, [])
+    if case == "no_root":
+        data_root = tmp_path / "nowhere"
+    elif case == "no_checkpoint":
+        checkpoint = tmp_path / "missing.pth"
+    elif case == "missing_image":
+        shutil.copytree(data_root, tmp_path / "data")
+        data_root = tmp_path / "data"
+        (data_root / "test" / "roxford5k" / "jpg" / "db_004.jpg").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        run_test(data_root, checkpoint, output_dir, *extra)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_unreadable_image_in_a_loader_worker_is_one_line(setup, tmp_path, capsys):
+    data_root, checkpoint = setup
+    shutil.copytree(data_root, tmp_path / "data")
+    broken = tmp_path / "data" / "test" / "roxford5k" / "jpg" / "db_000.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(SystemExit):
+        test_py.main(["--checkpoint", str(checkpoint), "--data-root", str(tmp_path / "data"), "--datasets",
+                      "roxford5k", "--imsize", "64", "--scales", "1", "--workers", "1", "--device", "cpu"])
+    err = capsys.readouterr().err  # after the progress bars
+    assert err.endswith("\n") and err.splitlines()[-1].startswith(f"error: {broken}: cannot read image"), err
+
+
+def test_subprocess_exit_codes_and_help(tmp_path):
+    done = subprocess.run([sys.executable, "test.py", "--checkpoint", "x.pth", "--data-root", str(tmp_path / "no")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and str(tmp_path / "no") in done.stderr
+    helped = subprocess.run([sys.executable, "test.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0
+    for flag in ("--checkpoint", "--data-root", "--datasets", "--r1m", "--output-dir", "--imsize", "--scales", "--pq",
+                 "--pq-bits", "--ivf", "--nprobe", "--qe", "--dba", "--alpha", "--top-n", "--batch-size", "--workers",
+                 "--device", "--amp", "--shard-size"):
+        assert flag in helped.stdout

@@ -1,0 +1,113 @@
+"""Multi-scale global descriptors, computed as the reference evaluation computes them, batched where shapes allow.
+
+The protocol (TOKEN-FACTS, "Evaluation protocol"; the authors' ``extract_vectors`` and cirtorch's ``extract_ms``):
+for each scale ``s`` of 1, sqrt(2), 1/sqrt(2) the ImageNet-normalised image tensor is resized with
+``F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)`` (scale 1: the tensor itself), its
+descriptor is taken and L2-normalised; the mean over the scales is L2-normalised again.
+
+Images of equal size (after the evaluation resizing) go through the model together: interpolation and every
+layer of the model in eval mode treat the images of a batch independently, so a batch gives each image the
+descriptor it gets alone, up to float rounding (about 1e-6).
+"""
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from utils.errors import InputError
+
+SCALES = (1.0, 2 ** 0.5, 2 ** -0.5)
+
+
+def rescale(images, scale):
+    """``images`` (B, 3, H, W) resized by ``scale`` exactly as the reference resizes them.
+
+    ``F.interpolate`` with ``scale_factor`` (not a size) and the scale factor not recomputed: the output is
+    ``floor(H * s) x floor(W * s)`` and output pixel ``i`` samples the input at ``(i + 0.5) / s - 0.5``.
+    """
+    if scale == 1:
+        return images
+    return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def multiscale_descriptor(model, images, scales=SCALES):
+    """L2-normalised mean of the L2-normalised descriptors of ``images`` (B, 3, H, W) at ``scales``: (B, d).
+
+    With B = 1 this is the reference computation, one image and one forward pass per scale. Per-scale
+    descriptors are summed in float32 whatever precision the model runs in.
+    """
+    total = 0
+    for scale in scales:
+        total = total + F.normalize(model.forward_test(rescale(images, scale)).float(), dim=-1)
+    return F.normalize(total / len(scales), dim=-1)
+
+
+def prepare_model(model, device):
+    """``model`` in eval mode on ``device``, channels-last on GPUs (faster convolutions, same results)."""
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def equal_size_batches(items, batch_size, max_pending=None):
+    """Group ``(image, index)`` items into ``(images, indices)`` batches of images of one size.
+
+    A batch is released as soon as ``batch_size`` images of its size have arrived; when ``max_pending`` images
+    (default ``4 * batch_size``) wait in unfinished batches, the fullest is released, which bounds memory;
+    the rest are released at the end. Every item comes out exactly once.
+    """
+    max_pending = max_pending or 4 * batch_size
+    buckets = defaultdict(list)
+    pending = 0
+
+    def release(size):
+        nonlocal pending
+        bucket = buckets.pop(size)
+        pending -= len(bucket)
+        return torch.stack([image for image, _ in bucket]), [index for _, index in bucket]
+
+    for image, index in items:
+        size = tuple(image.shape[-2:])
+        buckets[size].append((image, index))
+        pending += 1
+        if len(buckets[size]) == batch_size:
+            yield release(size)
+        elif pending >= max_pending:
+            yield release(max(buckets, key=lambda key: len(buckets[key])))
+    while buckets:
+        yield release(next(iter(buckets)))
+
+
+def _loader_error(err):
+    """An ``InputError`` raised in a loader worker comes back with the worker's traceback: keep its last line,
+    less the exception's class name, so that the user reads one line."""
+    lines = str(err).strip().splitlines()
+    return InputError(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0])
+
+
+@torch.no_grad()
+def extract(model, images, dim, device, scales=SCALES, batch_size=8, workers=4, amp=False, progress=None):
+    """Multi-scale descriptors of a dataset of ``(tensor 3 x H x W, index)`` items: float32 (len, dim), rows in
+    dataset order.
+
+    Items are read by ``workers`` loader processes and batched by size (``equal_size_batches``); ``amp`` runs
+    the model under float16 autocast (CUDA only). ``model`` must come from ``prepare_model``. ``progress``
+    (a tqdm bar) is advanced by the images done.
+    """
+    out = np.empty((len(images), dim), dtype=np.float32)
+    loader = DataLoader(images, batch_size=None, shuffle=False, num_workers=workers)
+    try:
+        for batch, indices in equal_size_batches(loader, batch_size):
+            batch = batch.to(device)
+            if device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                out[indices] = multiscale_descriptor(model, batch, scales).cpu().numpy()
+            if progress is not None:
+                progress.update(len(indices))
+    except InputError as err:
+        raise _loader_error(err) from None
+    return out

@@ -1,0 +1,173 @@
+"""Search a database of L2-normalised descriptors: exact inner product, faiss PQ and IVF-PQ, alpha-QE and DBA.
+
+Every index gives the score matrix that ``utils.evaluate.revisited_map`` ranks (``scores``: n_db x n_queries,
+higher is better) and a top-k search (``search``), the operation timed as the search time. Memory is what the
+database takes in the index: ``bytes_per_image`` for each image plus codebooks and coarse centroids.
+
+- ``ExactIndex``: float32 vectors (4 bytes x d per image, 4096 for d = 1024), scored by matrix products over
+  blocks of database rows, so that no temporary grows with the database beyond the scores themselves.
+- ``PQIndex``: faiss product quantisation, ``m`` sub-quantisers of ``nbits`` bits (``m`` bytes per image at 8
+  bits), scores by asymmetric distance computation (the query against the code's reconstruction).
+  Flat PQ scores every database image: ``scores`` asks faiss for all ``n_db`` neighbours. IVF-PQ (``nlist``
+  coarse cells, ``nprobe`` visited) scores only the images of the visited cells, as it does when searching;
+  the others get ``-inf``, i.e. come after every scored image, in database order (the stable order of
+  ``revisited_map``). Its codes carry an 8-byte id each.
+- ``alpha_qe`` and ``dba`` (Radenovic et al., TPAMI 2019): a vector is replaced by the L2-normalised sum of
+  itself and its ``top_n`` nearest database vectors, weighted by similarity^alpha; alpha-QE on the queries at
+  search time, DBA on every database vector beforehand (its neighbours excluding itself).
+"""
+
+import faiss
+import numpy as np
+import torch
+
+ALPHA = 3.0
+TOP_N = 2
+TOP_K = 100  # results a search returns, the operation whose time is reported
+BLOCK_ROWS = 65536  # database rows scored at a time
+TRAIN_SIZE = 100_000  # database vectors sampled to train PQ (faiss samples 256 per centroid at most anyway)
+RESULT_BYTES = 1 << 28  # faiss results held at once when scoring every database image
+
+
+def _blocks(parts, rows=BLOCK_ROWS):
+    """``(first row, block)`` over the rows of a list of arrays, in order."""
+    offset = 0
+    for part in parts:
+        for start in range(0, len(part), rows):
+            yield offset + start, part[start:start + rows]
+        offset += len(part)
+
+
+def top_k(scores, k):
+    """Sorted ``(similarities, ids)`` of the ``k`` best database items per query, both (n_queries, k)."""
+    values, ids = torch.from_numpy(scores).topk(min(k, len(scores)), dim=0)
+    return values.T.numpy(), ids.T.numpy()
+
+
+class ExactIndex:
+    """Float32 descriptors, kept as given (a list of arrays whose rows follow one another)."""
+
+    def __init__(self, parts, label="exact"):
+        self.label = label
+        self.parts = [np.ascontiguousarray(part, dtype=np.float32) for part in parts]
+        self.offsets = np.cumsum([0] + [len(part) for part in self.parts])
+        self.n, self.dim = int(self.offsets[-1]), self.parts[0].shape[1]
+        self.bytes_per_image = 4 * self.dim
+        self.memory_bytes = self.n * self.bytes_per_image
+
+    def scores(self, queries):
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        out = np.empty((self.n, len(queries)), dtype=np.float32)
+        for start, block in _blocks(self.parts):
+            np.matmul(block, queries.T, out=out[start:start + len(block)])
+        return out
+
+    def search(self, queries, k=TOP_K):
+        return top_k(self.scores(queries), k)
+
+    def vectors(self, ids):
+        """The database vectors of ``ids`` (any shape), shape ``ids.shape + (dim,)``."""
+        flat = np.asarray(ids).ravel()
+        part = np.searchsorted(self.offsets, flat, side="right") - 1
+        rows = [self.parts[p][i - self.offsets[p]] for p, i in zip(part, flat, strict=True)]
+        return np.asarray(rows, dtype=np.float32).reshape(*np.shape(ids), self.dim)
+
+    def all(self):
+        return np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+
+
+def _sample(parts, size, seed):
+    """``size`` database rows drawn without replacement (seeded), in database order."""
+    total = sum(len(part) for part in parts)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size, replace=False))
+    out, offset = [], 0
+    for part in parts:
+        here = chosen[(chosen >= offset) & (chosen < offset + len(part))] - offset
+        out.append(part[here])
+        offset += len(part)
+    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+class PQIndex:
+    """faiss ``IndexPQ`` (``nlist`` None) or ``IndexIVFPQ`` on inner products, trained on a sample of the
+    database (at most ``train_size`` vectors) and holding the codes of all of it."""
+
+    def __init__(self, parts, m, nbits=8, nlist=None, nprobe=16, train_size=TRAIN_SIZE, seed=0):
+        self.n, dim = sum(len(part) for part in parts), parts[0].shape[1]
+        if dim % m:
+            raise ValueError(f"PQ: {m} sub-quantisers do not divide the descriptor size {dim}")
+        needed = max(2 ** nbits, nlist or 0)
+        if min(self.n, train_size) < needed:
+            raise ValueError(f"PQ with {nbits}-bit codes{f' and {nlist} cells' if nlist else ''} needs at least "
+                             f"{needed} database images to train, the database has {self.n}")
+        if nlist:
+            self.quantizer = faiss.IndexFlatIP(dim)
+            self.index = faiss.IndexIVFPQ(self.quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            self.index.nprobe = nprobe
+            self.label = f"ivf{nlist}-pq{m}x{nbits}-nprobe{nprobe}"
+            self.bytes_per_image = self.index.code_size + 8
+            overhead = nlist * dim * 4
+        else:
+            self.index = faiss.IndexPQ(dim, m, nbits, faiss.METRIC_INNER_PRODUCT)
+            self.label = f"pq{m}x{nbits}"
+            self.bytes_per_image = self.index.code_size
+            overhead = 0
+        self.index.train(_sample(parts, min(self.n, train_size), seed))
+        for _, block in _blocks(parts):
+            self.index.add(np.ascontiguousarray(block, dtype=np.float32))
+        codebooks = 2 ** nbits * dim * 4
+        self.memory_bytes = self.n * self.bytes_per_image + codebooks + overhead
+
+    def scores(self, queries):
+        """The index's score of every database image for every query; ``-inf`` for the images IVF-PQ does not
+        visit."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        out = np.full((self.n, len(queries)), -np.inf, dtype=np.float32)
+        step = max(1, RESULT_BYTES // (12 * self.n))
+        for start in range(0, len(queries), step):
+            sims, ids = self.index.search(queries[start:start + step], self.n)
+            for column, (row_sims, row_ids) in enumerate(zip(sims, ids, strict=True), start):
+                found = row_ids >= 0
+                out[row_ids[found], column] = row_sims[found]
+        return out
+
+    def search(self, queries, k=TOP_K):
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.n))
+
+
+def weighted_expansion(vectors, neighbours, sims, alpha=ALPHA):
+    """``normalize(v + sum_j max(s_j, 0)^alpha n_j)`` for vectors (n, d), neighbours (n, k, d), sims (n, k).
+
+    A vector's own weight is 1, its similarity with itself; negative similarities weigh nothing.
+    """
+    weights = np.clip(sims, 0, None) ** alpha
+    out = vectors + np.einsum("nk,nkd->nd", weights, neighbours)
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def alpha_qe(queries, index, top_n=TOP_N, alpha=ALPHA):
+    """alpha-QE: each query expanded with its ``top_n`` nearest database vectors in ``index`` (an
+    ``ExactIndex``)."""
+    sims, ids = index.search(queries, top_n)
+    return weighted_expansion(queries, index.vectors(ids), sims, alpha)
+
+
+def dba(database, top_n=TOP_N, alpha=ALPHA, device="cpu", block_bytes=1 << 28):
+    """Database-side augmentation: every vector expanded with its ``top_n`` nearest other database vectors.
+
+    The neighbours are found by exact search on ``device`` (a GPU makes the 1M x 1M search of R1M practical),
+    in blocks of rows whose similarities take at most ``block_bytes``.
+    """
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    n = len(database)
+    vectors = torch.from_numpy(database).to(device)
+    out = np.empty_like(database)
+    rows = max(1, block_bytes // (4 * n))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        sims = vectors[start:stop] @ vectors.T
+        sims[torch.arange(stop - start), torch.arange(start, stop)] = -torch.inf
+        top, ids = sims.topk(min(top_n, n - 1), dim=1)
+        out[start:stop] = weighted_expansion(database[start:stop], database[ids.cpu().numpy()], top.cpu().numpy(),
+                                             alpha)
+    return out
