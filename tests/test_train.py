@@ -1,0 +1,269 @@
+"""train.py end to end on generated GLDv2-format sets: DDP under torchrun, resume, faults, learning.
+
+Runs use a tiny Token (ResNet-18 from scratch, d = 64, 64 px) on the CPU with --workers 0, so a resumed run
+can be compared with an uninterrupted one number for number.
+"""
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import train
+from datasets.gldv2 import LandmarkImages, collate_skip_bad, image_path, load_gldv2, val_transform
+from networks import Token, load_token
+from tests.conftest import ROOT
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.distributed import DistEnv, ShardSampler, TrainSampler
+from utils.metrics import read_metrics
+
+TINY = ["--backbone", "resnet18", "--dim", "64", "--out-dim", "64", "--imsize", "64", "--no-pretrained",
+        "--workers", "0", "--log-every", "2", "--batch-size", "4"]
+STEPS_PER_EPOCH = 6  # SMALL_SET: 25 train images, whole batches of 4
+
+
+def make_gldv2(root, images_per_landmark, copies=1, size=64, seed=0):
+    """A GLDv2-clean-format set: ``train_clean.csv`` and JPEGs at train/a/b/c/<id>.jpg.
+
+    Landmark i has ``images_per_landmark[i]`` distinct images (its own colour plus pixel noise), each saved
+    ``copies`` times under different ids.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for landmark, n in enumerate(images_per_landmark):
+        colour = rng.integers(0, 256, 3)
+        ids = []
+        for _ in range(n):
+            pixels = np.clip(colour + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            for _ in range(copies):
+                image_id = f"{rng.integers(0, 2**63):016x}"
+                path = root / image_path(image_id)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(path, quality=90)
+                ids.append(image_id)
+        rows.append((1000 + 17 * landmark, " ".join(ids)))
+    pd.DataFrame(rows, columns=["landmark_id", "images"]).to_csv(root / "train_clean.csv", index=False)
+    return root
+
+
+def small_set(root):
+    """25 train and 7 val images (an odd count, which DistributedSampler would pad) of 7 landmarks."""
+    return make_gldv2(root, [5, 5, 5, 5, 5, 5, 2])
+
+
+def run(data, out, *flags):
+    train.main([*TINY, "--data-root", str(data), "--output-dir", str(out), *flags])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return small_set(tmp_path_factory.mktemp("gldv2"))
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def kill_after_saving(monkeypatch, step):
+    """Make train.py stop right after it has written a checkpoint of ``step``."""
+    real_save = train.save_checkpoint
+
+    def save_then_kill(state, path):
+        real_save(state, path)
+        if state["step"] == step:
+            raise Killed
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_kill)
+
+
+def test_help_mentions_every_flag():
+    result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                            check=True)
+    flags = [flag for action in train.get_args_parser()._actions for flag in action.option_strings]
+    assert len(flags) > 40
+    assert [flag for flag in flags if flag not in result.stdout] == []
+
+
+def test_bad_data_root_exits_2_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path / "nowhere", tmp_path / "run")
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nowhere" in lines[0]
+
+
+def test_two_processes_under_torchrun_train_and_evaluate_every_val_image_once(data, tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py", *TINY,
+         "--data-root", str(data), "--output-dir", str(out), "--epochs", "1", "--save-every", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "2 process(es)" in result.stderr
+    assert (out / "training_curves.png").stat().st_size > 0
+    checkpoint = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["step"] == STEPS_PER_EPOCH and checkpoint["epoch"] == 1
+    assert not any(key.startswith("module.") for key in checkpoint["state_dict"])
+    [row] = read_metrics(out / "metrics.csv")
+    assert int(row["step"]) == STEPS_PER_EPOCH and int(row["skipped_images"]) == 0
+
+    # The val metrics reduced over the two ranks equal one process evaluating the saved model alone.
+    model = load_token(out / "last.pth")
+    split = load_gldv2(data)
+    loader = DataLoader(LandmarkImages(split.val, data, val_transform(64)), batch_size=3, collate_fn=collate_skip_bad)
+    args = train.get_args_parser().parse_args(TINY)
+    alone = train.evaluate(model, loader, args, DistEnv(0, 1, torch.device("cpu")))
+    for key in ("val_loss", "val_top1_err", "val_top5_err"):
+        assert float(row[key]) == pytest.approx(alone[key], rel=1e-4, abs=1e-4), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run(data, out, "--epochs", "2", "--save-every", "4")
+    return out
+
+
+@pytest.mark.parametrize("kill_at", [STEPS_PER_EPOCH, 8], ids=["at-epoch-end", "mid-epoch"])
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(data, uninterrupted, tmp_path, monkeypatch, kill_at):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        kill_after_saving(patch, kill_at)
+        with pytest.raises(Killed):
+            run(data, out, "--epochs", "2", "--save-every", "4")
+    stopped = load_checkpoint(out / "last.pth")
+    assert stopped["step"] == kill_at
+    assert stopped["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * (1 - kill_at / 12))
+
+    run(data, out, "--epochs", "2", "--save-every", "4", "--resume", "auto")
+    resumed, reference = load_checkpoint(out / "last.pth"), load_checkpoint(uninterrupted / "last.pth")
+    assert resumed["step"] == reference["step"] == 2 * STEPS_PER_EPOCH
+    torch.testing.assert_close(resumed["state_dict"], reference["state_dict"])
+    torch.testing.assert_close(resumed["optimizer"], reference["optimizer"])
+    assert resumed["best_top1_err"] == reference["best_top1_err"]
+    rows, expected = read_metrics(out / "metrics.csv"), read_metrics(uninterrupted / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx([float(r["val_loss"]) for r in expected])
+
+
+def test_resume_follows_this_runs_epochs_and_lr_and_refuses_other_changes(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    run(data, out, "--epochs", "1")
+    assert load_checkpoint(out / "last.pth")["optimizer"]["param_groups"][0]["lr"] == 0.0  # the end of 1 epoch
+
+    with pytest.raises(SystemExit) as stop:
+        run(data, out, "--epochs", "2", "--resume", "auto", "--dim", "32")
+    assert stop.value.code == 2 and "dim 64 (now 32)" in capsys.readouterr().err
+
+    kill_after_saving(monkeypatch, 8)  # the schedule of this run's --epochs and --lr, at step 8 of 12
+    with pytest.raises(Killed):
+        run(data, out, "--epochs", "2", "--resume", "auto", "--save-every", "2", "--lr", "0.02")
+    assert load_checkpoint(out / "last.pth")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * (1 - 8 / 12))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
+    real_forward, calls = Token.forward, itertools.count(1)
+
+    def forward(self, images, labels):  # a finite loss for 8 steps, then NaN
+        loss, logits = real_forward(self, images, labels)
+        return (loss * math.nan if next(calls) > 8 else loss), logits
+
+    monkeypatch.setattr(Token, "forward", forward)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        run(data, out, "--epochs", "2", "--log-every", "100")  # checked only at the epoch end, before saving
+    assert stop.value.code == train.EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert "not finite (NaN or inf) at step 9" in err and f"last good checkpoint is {out / 'last.pth'}" in err
+    kept = load_checkpoint(out / "last.pth")
+    assert kept["step"] == STEPS_PER_EPOCH
+    assert all(t.isfinite().all() for t in kept["state_dict"].values() if t.is_floating_point())
+    assert len(read_metrics(out / "metrics.csv")) == 1
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path, caplog):
+    root = small_set(tmp_path / "gldv2")
+    split = load_gldv2(root)
+    for path, _ in (split.train[3], split.val[0]):
+        (root / path).write_bytes(b"not a jpeg")
+    run(root, tmp_path / "run", "--epochs", "1")
+    [row] = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert int(row["skipped_images"]) == 2 and math.isfinite(float(row["train_loss"]))
+    assert "skipping an unreadable image" in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_batches_without_two_readable_images_are_skipped(tmp_path, caplog):
+    root = small_set(tmp_path / "gldv2")
+    split = load_gldv2(root)
+    for path, _ in split.train:
+        (root / path).write_bytes(b"")
+    run(root, tmp_path / "run", "--epochs", "1")
+    [row] = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert int(row["skipped_images"]) == 4 * STEPS_PER_EPOCH and math.isnan(float(row["train_loss"]))
+    assert "skipping a batch with 0 readable image(s)" in caplog.text
+
+
+def test_a_tiny_model_overfits_a_handful_of_images(tmp_path):
+    root = make_gldv2(tmp_path / "gldv2", [2, 2, 2, 2], copies=10)  # 8 distinct images, 64 train copies
+    out = tmp_path / "run"
+    run(root, out, "--epochs", "10", "--batch-size", "32", "--lr", "0.005", "--dropout", "0", "--drop-path", "0",
+        "--no-random-crop", "--no-hflip", "--no-color-jitter")  # 2 steps an epoch
+    losses = [float(r["train_loss"]) for r in read_metrics(out / "metrics.csv")]
+    # BatchNorm over tiny batches of few classes makes single epochs spiky: the median of the last three counts
+    assert len(losses) == 10 and float(np.median(losses[-3:])) <= 0.5 * losses[0], losses
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def save_half(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half)
+    with pytest.raises(OSError):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_lr_schedules():
+    linear = [train.lr_factor(s, 100, "linear", 0, 0.0) for s in (0, 50, 100)]
+    assert linear == [1.0, 0.5, 0.0]
+    cosine = [train.lr_factor(s, 100, "cosine", 20, 0.01) for s in (0, 10, 20, 60, 100)]
+    assert cosine == pytest.approx([0.01, 0.505, 1.0, 0.5, 0.0])
+
+
+def test_samplers_split_the_data_between_ranks():
+    ranks = [DistEnv(r, 2, torch.device("cpu")) for r in range(2)]
+    shards = [list(ShardSampler(7, env)) for env in ranks]
+    assert sorted(shards[0] + shards[1]) == list(range(7))
+
+    samplers = [TrainSampler(range(23), env, seed=0, chunk=4) for env in ranks]  # 11 a rank, cut to 8
+    for sampler in samplers:
+        sampler.set_epoch(3)
+    full = [list(sampler) for sampler in samplers]
+    assert [len(order) for order in full] == [8, 8] and not set(full[0]) & set(full[1])
+    samplers[0].set_epoch(3, start=4)
+    assert list(samplers[0]) == full[0][4:] and len(samplers[0]) == 4
+
+
+def test_experiment_sh_is_posix_and_runs_the_recipe(tmp_path):
+    subprocess.run(["sh", "-n", "experiment.sh"], cwd=ROOT, check=True)
+    env = {**os.environ, "TORCHRUN": "echo", "NPROC": "2", "DATA_ROOT": "/data/gldv2", "OUTPUT_DIR": str(tmp_path)}
+    line = subprocess.run(["sh", "experiment.sh", "--amp", "bf16"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=True).stdout.split()
+    for flag, value in [("--nproc_per_node", "2"), ("--nnodes", "1"), ("--batch-size", "128"), ("--imsize", "512"),
+                        ("--epochs", "30"), ("--backbone", "resnet101"), ("--data-root", "/data/gldv2"),
+                        ("--output-dir", str(tmp_path)), ("--resume", "auto"), ("--amp", "bf16")]:
+        assert line[line.index(flag) + 1] == value, flag

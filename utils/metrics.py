@@ -1,0 +1,121 @@
+"""Training metrics: step statistics kept on the device, ``metrics.csv`` and ``training_curves.png``.
+
+``metrics.csv`` has one row per epoch (columns ``COLUMNS``): ``epoch`` counts from 1, ``step`` is the optimizer
+steps done, errors are in percent, ``lr`` is the learning rate after the epoch's last step, ``skipped_images``
+counts unreadable train and val images, ``time`` is the epoch's wall time in seconds.
+"""
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch.distributed import ReduceOp
+
+from utils.distributed import all_reduce
+
+COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s",
+           "skipped_images", "time")
+NO_STEP = 2**62  # "no non-finite loss seen": larger than any step
+
+
+class StepMeter:
+    """Training loss, image counts and the first step with a non-finite loss, summed on the device.
+
+    ``update`` launches a few tiny device ops and never waits for the GPU; ``sync`` (every few steps) reduces
+    the window over all ranks in one transfer and folds it into the epoch totals.
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self.total_loss = self.total_images = self.total_skipped = 0.0
+        self.epoch_start = time.perf_counter()
+        self.first_bad_step = torch.full((), NO_STEP, dtype=torch.int64, device=device)
+        self._reset_window()
+
+    def _reset_window(self):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.images = self.skipped = 0
+        self.window_start = time.perf_counter()
+
+    def update(self, loss, n, step):
+        """Add the mean ``loss`` of ``n`` images computed for optimizer step ``step``."""
+        loss = loss.detach()
+        self.loss_sum += loss.double() * n
+        self.first_bad_step = torch.where(torch.isfinite(loss), self.first_bad_step,
+                                          self.first_bad_step.clamp(max=step))
+        self.images += n
+
+    def count_skipped(self, n):
+        """Add ``n`` unreadable images."""
+        self.skipped += n
+
+    def sync(self):
+        """Reduce the window over ranks: {"loss", "images_per_s", "first_bad_step" (None if all finite)}."""
+        counts = torch.tensor([self.images, self.skipped], dtype=torch.float64, device=self.device)
+        loss_sum, images, skipped = all_reduce(torch.cat([self.loss_sum[None], counts])).tolist()
+        first_bad = int(all_reduce(self.first_bad_step.clone(), op=ReduceOp.MIN))
+        seconds = time.perf_counter() - self.window_start
+        self.total_loss += loss_sum
+        self.total_images += images
+        self.total_skipped += skipped
+        self._reset_window()
+        return {"loss": loss_sum / images if images else math.nan, "images_per_s": images / max(seconds, 1e-9),
+                "first_bad_step": None if first_bad == NO_STEP else first_bad}
+
+    def epoch_summary(self):
+        """Totals since construction: mean loss, images per second and unreadable images, all ranks."""
+        seconds = time.perf_counter() - self.epoch_start
+        return {"train_loss": self.total_loss / self.total_images if self.total_images else math.nan,
+                "images_per_s": self.total_images / max(seconds, 1e-9), "skipped_images": int(self.total_skipped)}
+
+
+def write_metrics_row(path, row):
+    """Add ``row`` (a dict over ``COLUMNS``) to the CSV at ``path``, replacing the file atomically.
+
+    Rows of the same or later epochs are dropped first: they come from a run that was stopped and resumed
+    from an earlier checkpoint, and the resumed run now redoes those epochs.
+    """
+    path = Path(path)
+    rows = read_metrics(path) if path.is_file() else []
+    rows = [old for old in rows if int(old["epoch"]) < int(row["epoch"])] + [row]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({key: r[key] for key in COLUMNS} for r in rows)
+    os.replace(tmp, path)
+
+
+def read_metrics(path):
+    """The rows of a metrics.csv as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_training_curves(metrics_csv, out_png):
+    """Plot a metrics.csv in three panels (loss, val top-1/top-5 error, learning rate) against the epoch."""
+    rows = read_metrics(metrics_csv)
+    column = lambda name: [float(r[name]) for r in rows]  # noqa: E731
+    epochs = column("epoch")
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    loss, err, lr = fig.subplots(1, 3)
+    loss.plot(epochs, column("train_loss"), "o-", label="train")
+    loss.plot(epochs, column("val_loss"), "s-", label="val")
+    loss.set(title="ArcFace loss", xlabel="epoch", ylabel="loss")
+    err.plot(epochs, column("val_top1_err"), "o-", label="top-1")
+    err.plot(epochs, column("val_top5_err"), "s-", label="top-5")
+    err.set(title="val error (cosine logits)", xlabel="epoch", ylabel="error (%)")
+    lr.plot(epochs, column("lr"), "o-")
+    lr.set(title="learning rate", xlabel="epoch", ylabel="lr")
+    for ax in (loss, err):
+        ax.legend()
+    for ax in (loss, err, lr):
+        ax.grid(alpha=0.3)
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f".{out_png.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, out_png)
