@@ -1,0 +1,64 @@
+"""Each figure command writes a non-empty PNG of the expected size, on any checkpoint and data set."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datasets.revisitop import load_revisitop
+from datasets.synthetic import generate
+from networks import Token
+from utils.visualize import main, relevance
+
+TINY = dict(num_train_landmarks=2, images_per_landmark=2, num_test_landmarks=2, queries_per_landmark=1,
+            db_views_per_landmark=4, num_distractors=3, progress=False, workers=1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("world"), seed=5, **TINY)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = Token("resnet18", dim=32, out_dim=16, heads=4, pretrained=False).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save({"state_dict": model.state_dict(), "model_config": model.config}, path)
+    return path
+
+
+def test_retrievals_figure(world, tmp_path):
+    ds = load_revisitop(world.root, "synthetic")
+    rng = np.random.default_rng(0)
+    features = tmp_path / "features"
+    features.mkdir()
+    np.save(features / "synthetic_db.npy", rng.standard_normal((len(ds.imlist), 8)).astype(np.float32))
+    np.save(features / "synthetic_query.npy", rng.standard_normal((len(ds.qimlist), 8)).astype(np.float32))
+    out = tmp_path / "top.png"
+    main(["retrievals", "--data-root", str(world.root), "--dataset", "synthetic", "--features", str(features),
+          "--queries", "0", "1", "--topk", "4", "--out", str(out), "--width", "800"])
+    with Image.open(out) as png:
+        assert png.size[0] == 800 and png.size[1] > 100
+        assert np.asarray(png.convert("L")).std() > 5  # something was drawn
+
+
+def test_relevance_of_database_images():
+    gnd = {"easy": np.array([1]), "hard": np.array([4]), "junk": np.array([2])}
+    assert [relevance(gnd, i) for i in range(5)] == ["negative", "positive", "junk", "negative", "positive"]
+
+
+def test_attention_figure(world, checkpoint, tmp_path):
+    ds = load_revisitop(world.root, "synthetic")
+    out = tmp_path / "attention.png"
+    main(["attention", "--checkpoint", str(checkpoint), "--images", *map(str, ds.db_paths()[:2]),
+          "--imsize", "96", "--out", str(out), "--width", "900"])
+    with Image.open(out) as png:
+        assert png.size[0] == 900 and png.size[1] > 100
+
+
+def test_missing_features_is_a_clear_error(world, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["retrievals", "--data-root", str(world.root), "--dataset", "synthetic", "--features",
+              str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2
+    assert "synthetic_db.npy not found" in capsys.readouterr().err
