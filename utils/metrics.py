@@ -116,6 +116,7 @@ def plot_training_curves(metrics_csv, out_png):
     for ax in (loss, err, lr):
         ax.grid(alpha=0.3)
     out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(f".{out_png.name}.tmp")
     fig.savefig(tmp, format="png", dpi=100)
     os.replace(tmp, out_png)

@@ -1,0 +1,139 @@
+"""The embedded demo: train and evaluate Token end to end on a generated landmark world, on a CPU.
+
+1. generate the synthetic world (GLDv2-clean-format training set, revisitop-format test set ``synthetic``);
+2. evaluate an untrained Token with test.py;
+3. train a small Token (resnet18 trunk, small images, from scratch) with train.py, evaluate it;
+4. train a GeM baseline the same way, evaluate it;
+5. print the table (mAP Easy / Medium / Hard) and draw the figures.
+
+Everything lands in one run folder (``--run-dir``): ``results.json``, per model ``metrics.csv``, checkpoints,
+features and ``results.json`` of test.py, and ``figures/``. ``python demo.py --quick`` is the few-step version
+that CI runs.
+"""
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+import test as evaluation
+import train as training
+from datasets.synthetic import ensure_generated
+from networks import Token
+from utils.errors import fail_cleanly
+from utils.visualize import main as visualize
+
+PROTOCOLS = ("easy", "medium", "hard")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default="runs/demo", help="folder that receives every output of the demo")
+    parser.add_argument("--data-dir", default="data/synthetic", help="where the synthetic world is generated")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
+    parser.add_argument("--train-landmarks", type=int, default=100, help="landmarks in the training set")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs of each model")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch")
+    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate (from scratch, so above 0.01)")
+    parser.add_argument("--imsize", type=int, default=64, help="training crop size (pixels)")
+    parser.add_argument("--test-imsize", type=int, default=96, help="evaluation image size (longer side)")
+    parser.add_argument("--dim", type=int, default=128, help="channels of the local features and tokens")
+    parser.add_argument("--margin", type=float, default=0.0,
+                        help="ArcFace margin (0: normalised softmax, which starts faster from scratch than 0.2)")
+    parser.add_argument("--scale", type=float, default=16.0, help="ArcFace scale")
+    parser.add_argument("--workers", type=int, default=0, help="data loading processes (0: in the main process)")
+    parser.add_argument("--figures-dir", default=None,
+                        help="also copy the figures here (the README's Figure/ is made with --figures-dir Figure)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps on a tiny world, to check the pipeline end to end (CI)")
+    return parser
+
+
+def model_flags(args, aggregation):
+    return ["--backbone", "resnet18", "--dim", str(args.dim), "--out-dim", str(args.dim), "--heads", "4",
+            "--aggregation", aggregation]
+
+
+def world_size(args):
+    if args.quick:
+        return dict(num_train_landmarks=6, images_per_landmark=(4, 6), num_test_landmarks=3,
+                    db_views_per_landmark=(4, 6), num_distractors=10)
+    return dict(num_train_landmarks=args.train_landmarks)
+
+
+def train_model(args, name, aggregation):
+    """train.py on the world's training set; returns the run folder."""
+    out = Path(args.run_dir) / name
+    training.main(["--data-root", args.data_dir, "--output-dir", str(out), "--no-pretrained", "--device", "cpu",
+                   *model_flags(args, aggregation), "--imsize", str(args.imsize), "--epochs", str(args.epochs),
+                   "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--workers", str(args.workers),
+                   "--seed", str(args.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter",
+                   "--margin", str(args.margin), "--scale", str(args.scale)])
+    return out
+
+
+def untrained_model(args):
+    """A freshly initialised Token, saved as a checkpoint test.py can read."""
+    out = Path(args.run_dir) / "untrained"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model = Token("resnet18", dim=args.dim, out_dim=args.dim, heads=4, pretrained=False)
+    torch.save({"state_dict": model.state_dict(), "model_config": model.config}, out / "checkpoint.pth")
+    return out / "checkpoint.pth"
+
+
+def evaluate(args, checkpoint, out):
+    """test.py on the ``synthetic`` test set; returns the exact-search mAP per protocol (percent)."""
+    report = evaluation.main(["--checkpoint", str(checkpoint), "--data-root", args.data_dir,
+                              "--datasets", "synthetic", "--imsize", str(args.test_imsize), "--device", "cpu",
+                              "--workers", str(args.workers), "--output-dir", str(out)])
+    exact = report["datasets"]["synthetic"]["runs"]["exact"]
+    return {p: exact[p]["mAP"] for p in PROTOCOLS}
+
+
+def table(rows):
+    lines = ["| model | Easy | Medium | Hard |", "|---|---|---|---|"]
+    lines += [f"| {name} | " + " | ".join(f"{row[p]:.2f}" for p in PROTOCOLS) + " |" for name, row in rows.items()]
+    return "\n".join(lines)
+
+
+def figures(args, token_dir):
+    out = Path(args.run_dir) / "figures"
+    test_images = sorted((Path(args.data_dir) / "test" / "synthetic" / "jpg").glob("query_*.jpg"))[:3]
+    visualize(["curves", "--metrics", str(token_dir / "metrics.csv"), "--out", str(out / "training_curves.png")])
+    visualize(["retrievals", "--data-root", args.data_dir, "--dataset", "synthetic",
+               "--features", str(token_dir / "eval" / "features"), "--out", str(out / "retrievals.png")])
+    visualize(["attention", "--checkpoint", str(token_dir / "last.pth"), "--images", *map(str, test_images),
+               "--imsize", str(args.test_imsize), "--out", str(out / "attention.png")])
+    if args.figures_dir:
+        Path(args.figures_dir).mkdir(parents=True, exist_ok=True)
+        for png in out.glob("*.png"):
+            shutil.copy(png, Path(args.figures_dir) / png.name)
+
+
+@fail_cleanly
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if args.quick:
+        args.epochs, args.dim, args.imsize, args.test_imsize, args.batch_size = 1, 32, 64, 64, 8
+        args.run_dir, args.data_dir = str(Path(args.run_dir) / "quick"), str(Path(args.data_dir) / "quick")
+    start = time.time()
+    ensure_generated(args.data_dir, seed=args.seed, **world_size(args))
+    rows = {"untrained Token": evaluate(args, untrained_model(args), Path(args.run_dir) / "untrained" / "eval")}
+    for name, aggregation in (("Token", "tokens"), ("GeM baseline", "gem")):
+        run = train_model(args, name.split()[0].lower(), aggregation)
+        rows[f"trained {name}"] = evaluate(args, run / "last.pth", run / "eval")
+    figures(args, Path(args.run_dir) / "token")
+    minutes = (time.time() - start) / 60
+    print(f"\nmAP (%) on the synthetic benchmark, {minutes:.1f} min on {torch.get_num_threads()} threads\n")
+    print(table(rows))
+    summary = {"mAP": rows, "minutes": minutes, "args": vars(args)}
+    (Path(args.run_dir) / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

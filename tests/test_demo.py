@@ -1,0 +1,27 @@
+"""The shortened demo runs end to end: world, untrained / trained Token / GeM evaluations, table and figures."""
+
+import json
+
+import torch
+from PIL import Image
+
+import demo
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    torch.set_num_threads(1)
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    summary = demo.main(["--quick", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--workers", "0"])
+    out = run_dir / "quick"
+    assert set(summary["mAP"]) == {"untrained Token", "trained Token", "trained GeM baseline"}
+    for row in summary["mAP"].values():
+        assert all(0 <= row[p] <= 100 for p in ("easy", "medium", "hard"))
+    assert json.loads((out / "results.json").read_text())["mAP"] == summary["mAP"]
+    for name in ("token", "gem"):
+        assert (out / name / "last.pth").is_file() and (out / name / "metrics.csv").is_file()
+        assert (out / name / "eval" / "results.json").is_file()
+    for figure in ("training_curves.png", "retrievals.png", "attention.png"):
+        with Image.open(out / "figures" / figure) as png:
+            assert png.size[0] >= 800 and png.size[1] >= 100
+    printed = capsys.readouterr().out
+    assert "| trained Token |" in printed and "| model | Easy | Medium | Hard |" in printed
