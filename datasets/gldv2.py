@@ -235,8 +235,11 @@ def _write_cache(cache_dir, settings, landmark_ids, train, val):
 def _replace(path, data):
     """Write ``data`` to ``path`` through a temporary file, so a crash never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- transforms

@@ -1,5 +1,7 @@
 """One image reader and one tensor conversion for training and evaluation, so both see the same pixels."""
 
+import struct
+
 import numpy as np
 import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
@@ -30,7 +32,9 @@ def load_rgb(path):
     Grayscale, palette, CMYK, RGBA (alpha dropped, not composited), 16-bit and float images all come out as
     8-bit RGB. EXIF orientation tags are not applied, as in the reference pipelines: the revisitop query
     boxes are in stored-pixel coordinates, and training reads images the same way. Anything PIL cannot
-    decode fully raises ``ImageReadError`` naming the file.
+    decode fully raises ``ImageReadError`` naming the file, as does one whose header claims more than PIL's
+    decompression-bomb limit of pixels (``Image.MAX_IMAGE_PIXELS`` x 2): a corrupt size field would otherwise
+    surface as ``DecompressionBombError``, which is not an ``OSError``.
     """
     try:
         with Image.open(path) as img:
@@ -40,7 +44,8 @@ def load_rgb(path):
             if img.mode == "P":
                 img = img.convert("RGBA")
             return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, struct.error,
+            EOFError, IndexError, ZeroDivisionError) as err:
         raise ImageReadError(f"{path}: cannot read image ({err.__class__.__name__}: {err})") from err
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import InputError
+from utils.features import write_error
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ REQUIRED = ("step", "steps_per_epoch", "state_dict", "model_config", "optimizer"
 def save_checkpoint(obj, path):
     """``torch.save`` to a temporary file next to ``path``, flushed to disk, then renamed over ``path``.
 
-    A kill or an error at any point leaves either the previous file or the new one, never half a file.
+    A kill or an error at any point leaves either the previous file or the new one, never half a file; a
+    failed write (disk full) raises ``WriteError`` (an ``OSError`` and an ``InputError``) naming ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -32,6 +34,8 @@ def save_checkpoint(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_directory(path.parent)
@@ -49,6 +53,8 @@ def copy_checkpoint(src, dst):
         except OSError:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+    except OSError as err:
+        raise write_error(dst, err) from err
     finally:
         tmp.unlink(missing_ok=True)
 

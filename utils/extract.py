@@ -10,6 +10,7 @@ layer of the model in eval mode treat the images of a batch independently, so a 
 descriptor it gets alone, up to float rounding (about 1e-6).
 """
 
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -27,9 +28,14 @@ def rescale(images, scale):
 
     ``F.interpolate`` with ``scale_factor`` (not a size) and the scale factor not recomputed: the output is
     ``floor(H * s) x floor(W * s)`` and output pixel ``i`` samples the input at ``(i + 0.5) / s - 0.5``.
+    A side that would shrink to 0 px (an image 1 px wide at s < 1, where the reference crashes) is kept at
+    1 px instead, so every image gets a descriptor.
     """
     if scale == 1:
         return images
+    h, w = (math.floor(n * scale) for n in images.shape[-2:])
+    if h == 0 or w == 0:
+        return F.interpolate(images, size=(max(1, h), max(1, w)), mode="bilinear", align_corners=False)
     return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
 
 

@@ -33,7 +33,24 @@ import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
+from utils.errors import InputError
+
 SHARD_SIZE = 10_000
+
+
+class WriteError(InputError, OSError):
+    """A file that could not be written (disk full, no permission). Also an ``OSError`` with its ``errno``; as an
+    ``InputError`` the scripts report it in one line with exit code 2. The temporary file is gone and the
+    previous file, if any, is intact."""
+
+
+def write_error(path, err):
+    """``WriteError`` naming ``path`` and the cause of the ``OSError`` ``err``."""
+    reason = err.strerror or str(err) or err.__class__.__name__
+    error = WriteError(f"cannot write {path} ({reason}); nothing half-written was left, the previous file (if "
+                       "any) is intact: free space or fix the folder and run again")
+    error.errno = err.errno
+    return error
 
 
 def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
@@ -57,6 +74,8 @@ def _atomic(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
 

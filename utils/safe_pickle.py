@@ -41,5 +41,5 @@ def safe_load(path):
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{path}: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError) as err:
+            KeyError, MemoryError, OverflowError, RecursionError) as err:
         raise InputError(f"{path}: not a readable pickle ({err.__class__.__name__}: {err})") from None
