@@ -100,7 +100,7 @@ def test_arcface_leaves_angles_past_pi_minus_m_unmargined():
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     desc = torch.tensor([[-1.0, 0.01]])  # theta to class 0 is almost pi
-    logit = head(desc, torch.tensor([0]))[0, 0]
+    logit = head(desc, torch.tensor([0]))[0, 0].detach()
     assert float(logit) == pytest.approx(32.0 * float(F.normalize(desc)[0, 0]), abs=1e-5)
 
 
