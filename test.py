@@ -23,7 +23,7 @@ from utils.errors import InputError, fail_cleanly
 from utils.evaluate import KAPPAS, PROTOCOLS, format_results, revisited_map
 from utils.extract import SCALES, extract, prepare_model
 from utils.features import SHARD_SIZE, FeatureStore, feature_key, save_json
-from utils.search import ALPHA, TOP_K, TOP_N, ExactIndex, PQIndex, alpha_qe, dba
+from utils.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
 
 
 def get_args_parser():
@@ -39,7 +39,8 @@ def get_args_parser():
                       help="test sets under <data-root>/test/; any set in the revisitop format works")
     data.add_argument("--r1m", action="store_true",
                       help="also evaluate each dataset with the 1,001,001 R1M distractors "
-                           "(<data-root>/test/revisitop1m/) added to its database")
+                           "(<data-root>/test/revisitop1m/) added to its database; without --pq, that database is "
+                           "searched exactly and with the compressed index benchmarks/search.py picked")
     extraction = parser.add_argument_group("extraction")
     extraction.add_argument("--imsize", type=int, default=1024,
                             help="longer side of the resized database images (queries keep their scale in them)")
@@ -131,7 +132,8 @@ def descriptors(store, model, dim, args, env, dataset, part):
 
 def indexes(args, database, device):
     """``(index, qe)`` for every requested search of ``database`` (a list of arrays): exact, exact with
-    alpha-QE, with DBA, with both, PQ."""
+    alpha-QE, with DBA, with both, PQ; without --pq, on the +1M database, also the compressed search
+    (``R1M_COMPRESSED``) that benchmarks/search.py picked."""
     exact = ExactIndex(database)
     yield exact, False
     if args.qe:
@@ -147,6 +149,11 @@ def indexes(args, database, device):
         except ValueError as err:
             raise InputError(f"--pq: {err}") from None
         yield quantised, False
+    elif args.r1m and len(database) > 1:  # the database plus the distractors
+        compressed = CompressedIndex(database, **R1M_COMPRESSED)
+        print(f">> compressed search: {compressed.label} ({compressed.bytes_per_image} B/image), the pick of "
+              "python -m benchmarks.search for R1M; exact search stays the reference", flush=True)
+        yield compressed, False
 
 
 def search_and_evaluate(index, queries, gnd, qe, args):
