@@ -61,11 +61,12 @@ from datasets.revisitop import RevisitopImages, load_revisitop
 from networks import Token, load_token
 from tests.conftest import ROOT
 from tests.test_train import TINY, run, small_set
+from utils.atomic import WriteError
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.distributed import DistEnv
 from utils.errors import InputError
 from utils.extract import SCALES, multiscale_descriptor
-from utils.features import FeatureStore, WriteError
+from utils.features import FeatureStore
 from utils.safe_pickle import UnsafePickleError
 
 torch.set_num_threads(1)

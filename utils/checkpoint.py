@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
+from utils.atomic import atomic_write, write_error
 from utils.errors import InputError
-from utils.features import write_error
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +27,7 @@ def save_checkpoint(obj, path):
     failed write (disk full) raises ``WriteError`` (an ``OSError`` and an ``InputError``) naming ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise write_error(path, err) from err
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(obj, f))
     _fsync_directory(path.parent)
 
 

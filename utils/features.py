@@ -33,24 +33,9 @@ import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
-from utils.errors import InputError
+from utils.atomic import atomic_write
 
 SHARD_SIZE = 10_000
-
-
-class WriteError(InputError, OSError):
-    """A file that could not be written (disk full, no permission). Also an ``OSError`` with its ``errno``; as an
-    ``InputError`` the scripts report it in one line with exit code 2. The temporary file is gone and the
-    previous file, if any, is intact."""
-
-
-def write_error(path, err):
-    """``WriteError`` naming ``path`` and the cause of the ``OSError`` ``err``."""
-    reason = err.strerror or str(err) or err.__class__.__name__
-    error = WriteError(f"cannot write {path} ({reason}); nothing half-written was left, the previous file (if "
-                       "any) is intact: free space or fix the folder and run again")
-    error.errno = err.errno
-    return error
 
 
 def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
@@ -64,28 +49,12 @@ def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
             "images": {"count": len(paths), "sha256": hashlib.sha256(images.encode()).hexdigest()}}
 
 
-def _atomic(path, write):
-    """``write(file)`` to a temporary file next to ``path``, flushed to disk, then renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise write_error(path, err) from err
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_array(path, array):
-    _atomic(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
 
 
 def save_json(path, obj):
-    _atomic(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
 def read_json(path):
