@@ -70,7 +70,7 @@ def test_search_quick_reports_every_index(world_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(search_benchmark, "CACHE_DIR", tmp_path / "cache")
     out = tmp_path / "search.json"
     search_benchmark.main(["--quick", "--data-dir", str(world_dir), "--distractors", "5000", "--queries", "20",
-                           "--latency-budget", "0.1", "--out", str(out)])
+                           "--latency-budget", "0.1", "--threads", "1", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["model"]["fallback"] is True and "freshly initialised" in report["model"]["note"]
     assert list((tmp_path / "cache").glob("descriptors-*.npz"))  # the real descriptors are cached
