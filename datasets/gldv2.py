@@ -28,6 +28,7 @@ import torchvision.transforms as T
 from torch.utils.data import Dataset, default_collate
 
 from datasets.images import ImageReadError, load_rgb, to_normalized_tensor
+from utils.atomic import atomic_write
 from utils.errors import InputError
 from utils.safe_pickle import safe_load
 
@@ -223,23 +224,14 @@ def _write_cache(cache_dir, settings, landmark_ids, train, val):
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         label_map = pd.DataFrame({"landmark_id": landmark_ids, "label": range(len(landmark_ids))})
-        _replace(cache_dir / LABEL_MAP, label_map.to_csv(index=False).encode())
+        atomic_write(cache_dir / LABEL_MAP, lambda f: f.write(label_map.to_csv(index=False).encode()))
         for name, samples in ((VAL_CACHE, val), (TRAIN_CACHE, train)):
             payload = {"settings": settings, "landmark_ids": landmark_ids, "samples": samples}
-            _replace(cache_dir / name, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+            atomic_write(cache_dir / name, lambda f, p=payload: pickle.dump(p, f, protocol=pickle.HIGHEST_PROTOCOL))
     except OSError as err:
-        raise InputError(f"cannot write the GLDv2 split cache to {cache_dir} ({err.strerror}): "
+        reason = os.strerror(err.errno) if err.errno else err
+        raise InputError(f"cannot write the GLDv2 split cache to {cache_dir} ({reason}): "
                          "pass a writable cache_dir") from None
-
-
-def _replace(path, data):
-    """Write ``data`` to ``path`` through a temporary file, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- transforms

@@ -6,8 +6,8 @@ counts unreadable train and val images, ``time`` is the epoch's wall time in sec
 """
 
 import csv
+import io
 import math
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from torch.distributed import ReduceOp
 
+from utils.atomic import atomic_write
 from utils.distributed import all_reduce
 
 COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s",
@@ -82,12 +83,11 @@ def write_metrics_row(path, row):
     path = Path(path)
     rows = read_metrics(path) if path.is_file() else []
     rows = [old for old in rows if int(old["epoch"]) < int(row["epoch"])] + [row]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({key: r[key] for key in COLUMNS} for r in rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({key: r[key] for key in COLUMNS} for r in rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def read_metrics(path):
@@ -117,6 +117,4 @@ def plot_training_curves(metrics_csv, out_png):
         ax.grid(alpha=0.3)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, out_png)
+    atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=100))
