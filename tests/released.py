@@ -16,6 +16,11 @@ def released_keys(depth):
     return rows
 
 
+def fan_in(key, shape):
+    """The product of all dims but the first; the token queries ``tr.query`` (1 x L x d) count d, as the rule says."""
+    return shape[-1] if key == "tr.query" else math.prod(shape[1:])
+
+
 def filled_value(t, key, shape):
     n = math.prod(shape)
     if key.endswith("num_batches_tracked"):
@@ -26,7 +31,7 @@ def filled_value(t, key, shape):
     elif key.endswith("running_mean"):
         v = 0.1 * s
     elif len(shape) >= 2:
-        v = s / math.sqrt(math.prod(shape[1:]))
+        v = s / math.sqrt(fan_in(key, shape))
     elif key.endswith("weight"):
         v = 1 + 0.1 * s
     else:

@@ -104,7 +104,7 @@ def test_arcface_leaves_angles_past_pi_minus_m_unmargined():
     assert float(logit) == pytest.approx(32.0 * float(F.normalize(desc)[0, 0]), abs=1e-5)
 
 
-@pytest.mark.parametrize("depth", [101])
+@pytest.mark.parametrize("depth", [50, 101])
 def test_golden_descriptors_of_the_released_model(tmp_path, depth):
     golden = np.load(SHARED / f"golden-token-r{depth}.npz")
     path = tmp_path / f"r{depth}.pth"
