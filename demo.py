@@ -35,12 +35,16 @@ def get_args_parser():
     parser.add_argument("--data-dir", default="data/synthetic", help="where the synthetic world is generated")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
     parser.add_argument("--train-landmarks", type=int, default=100, help="landmarks in the training set")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of each model")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each model")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch")
-    parser.add_argument("--lr", type=float, default=0.05, help="peak learning rate (from scratch, so above 0.01)")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="peak AdamW learning rate, after one epoch of warm-up (2e-3 already stalls the Token)")
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     parser.add_argument("--imsize", type=int, default=64, help="training crop size (pixels)")
     parser.add_argument("--test-imsize", type=int, default=96, help="evaluation image size (longer side)")
     parser.add_argument("--dim", type=int, default=128, help="channels of the local features and tokens")
+    parser.add_argument("--out-dim", type=int, default=1024,
+                        help="global descriptor size (the paper's 1024; 128 measured 10 mAP points lower)")
     parser.add_argument("--margin", type=float, default=0.0,
                         help="ArcFace margin (0: normalised softmax, which starts faster from scratch than 0.2)")
     parser.add_argument("--scale", type=float, default=16.0, help="ArcFace scale")
@@ -53,7 +57,7 @@ def get_args_parser():
 
 
 def model_flags(args, aggregation):
-    return ["--backbone", "resnet18", "--dim", str(args.dim), "--out-dim", str(args.dim), "--heads", "4",
+    return ["--backbone", "resnet18", "--dim", str(args.dim), "--out-dim", str(args.out_dim), "--heads", "4",
             "--aggregation", aggregation]
 
 
@@ -70,6 +74,8 @@ def train_model(args, name, aggregation):
     training.main(["--data-root", args.data_dir, "--output-dir", str(out), "--no-pretrained", "--device", "cpu",
                    *model_flags(args, aggregation), "--imsize", str(args.imsize), "--epochs", str(args.epochs),
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--workers", str(args.workers),
+                   "--optimizer", "adamw", "--weight-decay", str(args.weight_decay), "--schedule", "cosine",
+                   "--warmup-epochs", "1", "--warmup-lr", str(args.lr / 100), "--dropout", "0", "--drop-path", "0",
                    "--seed", str(args.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter",
                    "--margin", str(args.margin), "--scale", str(args.scale)])
     return out
@@ -80,7 +86,7 @@ def untrained_model(args):
     out = Path(args.run_dir) / "untrained"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    model = Token("resnet18", dim=args.dim, out_dim=args.dim, heads=4, pretrained=False)
+    model = Token("resnet18", dim=args.dim, out_dim=args.out_dim, heads=4, pretrained=False)
     torch.save({"state_dict": model.state_dict(), "model_config": model.config}, out / "checkpoint.pth")
     return out / "checkpoint.pth"
 
@@ -118,7 +124,7 @@ def figures(args, token_dir):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.quick:
-        args.epochs, args.dim, args.imsize, args.test_imsize, args.batch_size = 1, 32, 64, 64, 8
+        args.epochs, args.dim, args.out_dim, args.imsize, args.test_imsize, args.batch_size = 1, 32, 32, 64, 64, 8
         args.run_dir, args.data_dir = str(Path(args.run_dir) / "quick"), str(Path(args.data_dir) / "quick")
     start = time.time()
     ensure_generated(args.data_dir, seed=args.seed, **world_size(args))

@@ -212,11 +212,14 @@ def test_batches_without_two_readable_images_are_skipped(tmp_path, caplog):
     assert "skipping a batch with 0 readable image(s)" in caplog.text
 
 
-def test_a_tiny_model_overfits_a_handful_of_images(tmp_path):
+@pytest.mark.parametrize("optimizer, lr", [("sgd", "0.005"), ("adamw", "0.001")])
+def test_a_tiny_model_overfits_a_handful_of_images(tmp_path, optimizer, lr):
     root = make_gldv2(tmp_path / "gldv2", [2, 2, 2, 2], copies=10)  # 8 distinct images, 64 train copies
     out = tmp_path / "run"
-    run(root, out, "--epochs", "10", "--batch-size", "32", "--lr", "0.005", "--dropout", "0", "--drop-path", "0",
-        "--no-random-crop", "--no-hflip", "--no-color-jitter")  # 2 steps an epoch
+    run(root, out, "--epochs", "10", "--batch-size", "32", "--optimizer", optimizer, "--lr", lr, "--dropout", "0",
+        "--drop-path", "0", "--no-random-crop", "--no-hflip", "--no-color-jitter")  # 2 steps an epoch
+    state = next(iter(load_checkpoint(out / "last.pth")["optimizer"]["state"].values()))
+    assert ("exp_avg_sq" in state) == (optimizer == "adamw") and ("momentum_buffer" in state) == (optimizer == "sgd")
     losses = [float(r["train_loss"]) for r in read_metrics(out / "metrics.csv")]
     # BatchNorm over tiny batches of few classes makes single epochs spiky: the median of the last three counts
     assert len(losses) == 10 and float(np.median(losses[-3:])) <= 0.5 * losses[0], losses
