@@ -69,7 +69,8 @@ def test_eval_check_equal_catches_a_difference():
 def test_search_quick_reports_every_index(world_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(search_benchmark, "CACHE_DIR", tmp_path / "cache")
     out = tmp_path / "search.json"
-    search_benchmark.main(["--quick", "--data-dir", str(world_dir), "--distractors", "5000", "--queries", "20",
+    search_benchmark.main(["--quick", "--data-dir", str(world_dir), "--checkpoint", str(tmp_path / "none.pth"),
+                           "--distractors", "5000", "--queries", "20",
                            "--latency-budget", "0.1", "--threads", "1", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["model"]["fallback"] is True and "freshly initialised" in report["model"]["note"]
@@ -121,7 +122,8 @@ def test_fitted_gaussian_keeps_the_mean_and_spectrum():
 
 def test_extract_quick_checks_both_methods_agree(world_dir, tmp_path):
     out = tmp_path / "extract.json"
-    extract_benchmark.main(["--quick", "--data-dir", str(world_dir), "--images", "6", "--workers", "0",
+    extract_benchmark.main(["--quick", "--data-dir", str(world_dir), "--checkpoint", str(tmp_path / "none.pth"),
+                            "--images", "6", "--workers", "0",
                             "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["gpu_run"] is False and report["model"]["fallback"] is True
@@ -129,7 +131,7 @@ def test_extract_quick_checks_both_methods_agree(world_dir, tmp_path):
     assert report["sets"]["two shapes"]["distinct_sizes"] <= 2
     for entry in report["sets"].values():
         assert entry["images"] == 6
-        assert set(entry["methods"]) == {"reference", "ours", "ours, channels-last"}
+        assert set(entry["methods"]) == {"reference", "ours, contiguous", "ours"}
         assert entry["methods"]["reference"]["max_abs_diff"] == 0 and entry["methods"]["reference"]["speedup"] == 1
         for method in entry["methods"].values():
             assert method["max_abs_diff"] < extract_benchmark.TOLERANCE

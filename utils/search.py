@@ -18,10 +18,9 @@ database takes in the index: ``bytes_per_image`` for each image plus codebooks a
   the dropped components (a centred PCA would rank by ``(q - mean) . (x - mean)``, which is not the same
   ranking). ``R1M_COMPRESSED`` is the configuration ``python -m benchmarks.search`` found best for 1M images:
   120 directions, IVF1024 (128 visited), 8-bit scalar quantisation: 128 bytes per image (120 + an 8-byte id),
-  123 MiB for 1M images, about 2 ms per query on one thread; it keeps about 89% of the exact top 100 and finds
-  the exact nearest neighbour within its top 100 for every query. 8-bit PQ of the same size keeps under 20% of
-  it there: the benchmark's descriptors crowd together (cosine ~0.93 between unrelated images), so ranking them
-  needs fine codes.
+  123 MiB for 1M images, about 2.4 ms per query on one thread; on the demo model's descriptors it keeps 97% of
+  the exact top 100 and finds the exact nearest neighbour within its top 100 for every query (89% on those of an
+  untrained model, which crowd together at cosine ~0.93). 8-bit PQ of the same size keeps under half of it.
 - ``alpha_qe`` and ``dba`` (Radenovic et al., TPAMI 2019): a vector is replaced by the L2-normalised sum of
   itself and its ``top_n`` nearest database vectors, weighted by similarity^alpha; alpha-QE on the queries at
   search time, DBA on every database vector beforehand (its neighbours excluding itself).
