@@ -18,8 +18,9 @@ images included), best of ``--repeats``:
 
 - ``reference``: a plain loop, one image at a time (batch 1), three forward passes (scales 1, sqrt 2,
   1/sqrt 2), as the authors' evaluation does;
-- ``ours``: ``utils.extract.extract`` (test.py's extraction): loader processes, images of equal size batched;
-- ``ours, channels-last``: the same with the model in channels-last memory format (test.py does this on GPUs);
+- ``ours, contiguous``: ``utils.extract.extract``: loader processes, images of equal size batched, the model
+  as the reference holds it;
+- ``ours``: test.py's extraction, the same with the model from ``prepare_model`` (channels-last memory format);
 - with ``--amp`` on CUDA: ``ours, AMP``, float16 autocast.
 
 Every method's descriptors are checked against the reference's (max abs difference below 1e-5; AMP, which
@@ -96,17 +97,16 @@ def best_time(fn, repeats, device):
 
 
 def methods(model, dim, device, args):
-    """``{name: (function of the images, checked against the reference)}``."""
+    """``{name: (function of the images, checked against the reference)}``; ``model`` in eval mode on ``device``."""
     def ours(m, amp=False):
         return lambda images: extract(m, images, dim, device, SCALES, args.batch_size, args.workers, amp)
 
-    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    prepared = prepare_model(copy.deepcopy(model), device)
     found = {"reference": (lambda images: reference(model, images, device), True),
-             "ours": (ours(model), True)}
-    if device.type == "cpu":
-        found["ours, channels-last"] = (ours(channels_last), True)
+             "ours, contiguous": (ours(model), True),
+             "ours": (ours(prepared), True)}
     if args.amp:
-        found["ours, AMP"] = (ours(model, amp=True), False)
+        found["ours, AMP"] = (ours(prepared, amp=True), False)
     return found
 
 
@@ -148,7 +148,7 @@ def main(argv=None):
     world = synthetic_world(args.data_dir, args.quick)
     model, info = benchmark_model(args.checkpoint, args.seed)
     print(info["note"])
-    model = prepare_model(model, device)
+    model = model.to(device).eval()
     dim = model.config["out_dim"]
     paths = load_revisitop(world.test_root.parent, world.test_name).db_paths()[:count]
     sets = {"as generated": RevisitopImages(paths, imsize), "two shapes": TwoShapes(paths, imsize)}
@@ -179,7 +179,7 @@ def main(argv=None):
           f"process(es), imsize {imsize}, best of {repeats}")
     print(table(["images", "method", "ms/image", "images/s", "speed-up", "max |diff|"], rows))
     if args.device == "cpu":
-        print("GPU (AMP, channels-last on CUDA): not run here; python -m benchmarks.extract --device cuda --amp")
+        print("GPU (AMP): not run here; python -m benchmarks.extract --device cuda --amp")
     report = {"benchmark": "extract", "quick": args.quick, "model": info, "device": args.device,
               "threads": args.threads, "batch_size": args.batch_size, "workers": args.workers, "imsize": imsize,
               "repeats": repeats, "scales": list(SCALES), "tolerance": TOLERANCE, "sets": results,

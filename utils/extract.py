@@ -53,9 +53,9 @@ def multiscale_descriptor(model, images, scales=SCALES):
 
 
 def prepare_model(model, device):
-    """``model`` in eval mode on ``device``, channels-last on GPUs (faster convolutions, same results)."""
-    model = model.to(device).eval()
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+    """``model`` in eval mode on ``device``, in channels-last memory format: faster convolutions on GPUs, and
+    7-10% faster on the CPU too (``python -m benchmarks.extract``), same results up to float rounding."""
+    return model.to(device).eval().to(memory_format=torch.channels_last)
 
 
 def equal_size_batches(items, batch_size, max_pending=None):
