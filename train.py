@@ -176,7 +176,9 @@ def check_args(args, env):
 
 
 def check_resume_args(saved, current, path):
-    """The run's settings must be the checkpoint's, but for MAY_CHANGE_ON_RESUME."""
+    """The run's settings must be the checkpoint's, but for MAY_CHANGE_ON_RESUME. A setting the checkpoint does not
+    record (a flag added after it was written, such as --optimizer) counts as that flag's default."""
+    saved = {**vars(get_args_parser().parse_args([])), **saved}
     changed = [key for key in current if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != current[key]]
     if changed:
         raise InputError(f"--resume {path}: the checkpoint was trained with other settings: "

@@ -169,6 +169,19 @@ def test_resume_follows_this_runs_epochs_and_lr_and_refuses_other_changes(data, 
     assert load_checkpoint(out / "last.pth")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * (1 - 8 / 12))
 
 
+def test_a_setting_an_older_checkpoint_does_not_record_counts_as_its_default(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    run(data, out, "--epochs", "1")
+    state = load_checkpoint(out / "last.pth")
+    del state["args"]["optimizer"]  # written before --optimizer existed, when training was SGD
+    save_checkpoint(state, out / "last.pth")
+    with pytest.raises(SystemExit) as stop:
+        run(data, out, "--epochs", "2", "--resume", "auto", "--optimizer", "adamw")
+    assert stop.value.code == 2 and "optimizer 'sgd' (now 'adamw')" in capsys.readouterr().err
+    run(data, out, "--epochs", "2", "--resume", "auto")
+    assert [int(row["epoch"]) for row in read_metrics(out / "metrics.csv")] == [1, 2]
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
     real_forward, calls = Token.forward, itertools.count(1)
 
