@@ -56,9 +56,14 @@ def get_args_parser():
     return parser
 
 
+def model_config(args, aggregation="tokens"):
+    """The demo's model: ``Token`` keyword arguments (train.py's flags of the same names)."""
+    return {"backbone": "resnet18", "dim": args.dim, "out_dim": args.out_dim, "heads": 4, "aggregation": aggregation}
+
+
 def model_flags(args, aggregation):
-    return ["--backbone", "resnet18", "--dim", str(args.dim), "--out-dim", str(args.out_dim), "--heads", "4",
-            "--aggregation", aggregation]
+    return [text for key, value in model_config(args, aggregation).items()
+            for text in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def world_size(args):
@@ -86,7 +91,7 @@ def untrained_model(args):
     out = Path(args.run_dir) / "untrained"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    model = Token("resnet18", dim=args.dim, out_dim=args.out_dim, heads=4, pretrained=False)
+    model = Token(**model_config(args), pretrained=False)
     torch.save({"state_dict": model.state_dict(), "model_config": model.config}, out / "checkpoint.pth")
     return out / "checkpoint.pth"
 

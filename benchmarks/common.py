@@ -111,6 +111,13 @@ DEFAULT_DATA_DIR = "data/synthetic"
 FALLBACK_BACKBONE = "resnet18"
 
 
+def demo_default(name):
+    """The default of demo.py's flag ``name`` (e.g. ``"test_imsize"``): benchmarks measure what the demo runs."""
+    import demo
+
+    return demo.get_args_parser().get_default(name)
+
+
 def synthetic_world(data_dir, quick):
     """The demo's synthetic world, generated with demo.py's parameters so that the demo's own world is reused
     (never regenerated under it); ``quick``: the demo's ``--quick`` world, under ``data_dir/quick``."""

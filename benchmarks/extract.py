@@ -127,7 +127,7 @@ def get_args_parser():
                         help="ours: image-loading processes (test.py's default)")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs of each method, best kept (2; 1 quick)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
     parser.add_argument("--amp", action="store_true", help="also time float16 autocast (CUDA only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fallback model")
     parser.add_argument("--out", default=None, help="JSON report (default runs/benchmarks/extract[-quick].json)")

@@ -236,7 +236,8 @@ def get_args_parser():
     parser.add_argument("--pq-train-size", type=int, default=None,
                         help="database vectors that train PQ and IVF-PQ, whose 8-bit k-means is slow on 2 cores "
                              "(20,000; 4,096 quick)")
-    parser.add_argument("--imsize", type=int, default=None, help="evaluation image size (96, the demo's; 64 quick)")
+    parser.add_argument("--imsize", type=int, default=None,
+                        help="evaluation image size (the demo's --test-imsize; 64 quick)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="threads for building and for the batched search (latency is on one thread)")
     parser.add_argument("--latency-budget", type=float, default=None,
@@ -255,7 +256,7 @@ def _settings(args):
             "queries": args.queries or (40 if quick else 100),
             "train_size": args.train_size or (8192 if quick else 65_536),
             "pq_train_size": args.pq_train_size or (4096 if quick else 20_000),
-            "imsize": args.imsize or (64 if quick else 96),
+            "imsize": args.imsize or (64 if quick else common.demo_default("test_imsize")),
             "latency_budget": args.latency_budget if args.latency_budget is not None else (0.5 if quick else 3.0)}
 
 
