@@ -1,0 +1,1 @@
+"""Training library: what train.py and demo.py run."""
