@@ -1,6 +1,6 @@
 """Revisited Oxford and Paris, and the R1M distractors, as they lie on disk; the evaluation-time resizing.
 
-Layout (TOKEN-FACTS, "Evaluation protocol"; the one the released Token code reads)::
+Layout (docs/FACTS.md, "Data layout"; the one the released Token code reads)::
 
     <data_root>/test/<name>/gnd_<name>.pkl       imlist, qimlist and one ground-truth dict per query
     <data_root>/test/<name>/jpg/<image>.jpg      every database and query image

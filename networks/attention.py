@@ -1,4 +1,4 @@
-"""Multi-head attention as the released Token model computes it (TOKEN-FACTS.md, "MHA").
+"""Multi-head attention as the released Token model computes it (docs/FACTS.md, "The model").
 
 Separate query, key and value projections with bias, ``heads`` heads, softmax(q k^T / sqrt(d / heads)) over
 the keys, an output projection with bias. Used by LFSA (self-attention over local features) and by the

@@ -1,6 +1,6 @@
 """Load Token checkpoints: the authors' released files and our own, safely (``weights_only=True``).
 
-Accepted: a plain state_dict in the released layout (TOKEN-FACTS.md; ``released-token-r{50,101}-keys.tsv``),
+Accepted: a plain state_dict in the released layout (docs/FACTS.md, "Released checkpoints"),
 the released training wrapper ``{'epoch', 'state_dict', 'optim'}``, DDP's ``module.`` prefix, and train.py's
 checkpoints (``{'state_dict', 'model_config', ...}``). Released names are mapped onto ours; the architecture is
 taken from ``model_config`` when present, else inferred from the keys and shapes.

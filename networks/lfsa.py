@@ -1,7 +1,7 @@
 """Local Feature Self-Attention (LFSA): context-aware local features (paper, Sec. "Method", Fig. 2).
 
 x <- x + MHA(x, x, x); x <- x + Linear(BatchNorm1d(x)), the BatchNorm taken over all B*N positions
-(TOKEN-FACTS.md, "LFSA"). Both residual branches carry drop-path during training.
+(docs/FACTS.md, "The model"). Both residual branches carry drop-path during training.
 """
 
 from torch import nn

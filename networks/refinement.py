@@ -1,7 +1,7 @@
 """The refinement block: tokens enhanced by cross-attention to the local features, an MLP and
 self-attention among tokens (paper, "Refinement block"; Table 4 ablates its parts).
 
-t <- t + CrossAttn(LN1(t), x, x);  t <- t + MLP(t);  t <- t + SelfAttn(LN2(t))   (TOKEN-FACTS.md)
+t <- t + CrossAttn(LN1(t), x, x);  t <- t + MLP(t);  t <- t + SelfAttn(LN2(t))   (docs/FACTS.md, "The model")
 with MLP = Linear(d, 2d), GELU, dropout, Linear(2d, d), dropout; every residual branch has drop-path.
 """
 

@@ -1,5 +1,5 @@
 """Token: CNN local features -> LFSA -> tokenizer -> refinement blocks -> concatenated tokens -> projection
--> L2-normalised global descriptor, trained with ArcFace (paper, Fig. 2; TOKEN-FACTS.md, "The model").
+-> L2-normalised global descriptor, trained with ArcFace (paper, Fig. 2; docs/FACTS.md, "The model").
 
 The ablations of Tables 3-6 are constructor options: ``tokenizer`` (Table 5), ``num_tokens`` (Table 6),
 ``lfsa_blocks`` and ``aggregation="spoc"|"gem"`` (Table 3), ``refinement_blocks``, ``cross_attention`` and

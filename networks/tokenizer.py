@@ -1,7 +1,7 @@
 """The tokenizer: L visual tokens from local features by spatial attention (paper, "Tokenizer"; Table 5).
 
 For each position n the logits A[i, n] = c_i . x_n against L centres c_i are turned into a **softmax over the
-L tokens** (each position shares itself among the tokens; TOKEN-FACTS.md), and token i = sum_n A[i, n] x_n,
+L tokens** (each position shares itself among the tokens; docs/FACTS.md, "The model"), and token i = sum_n A[i, n] x_n,
 followed by Linear(d, d) and LayerNorm(d).
 
 ``kind`` selects where the centres come from, the tokenizer ablation of Table 5:

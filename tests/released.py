@@ -1,16 +1,16 @@
-"""Released-layout state_dicts filled by the rule of TOKEN-FACTS.md ("Golden descriptors")."""
+"""Released-layout state_dicts filled by the rule of docs/FACTS.md, "Golden descriptors"."""
 
 import math
 
 import torch
 
-from tests.conftest import SHARED
+from tests.conftest import DATA
 
 
 def released_keys(depth):
     """(key, shape) rows of ``released-token-r{depth}-keys.tsv`` in file order."""
     rows = []
-    for line in (SHARED / f"released-token-r{depth}-keys.tsv").read_text().splitlines()[1:]:
+    for line in (DATA / f"released-token-r{depth}-keys.tsv").read_text().splitlines()[1:]:
         key, shape, _ = line.split("\t")
         rows.append((key, () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))))
     return rows

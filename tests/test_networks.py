@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from networks import LFSA, ArcFace, GeM, MultiHeadAttention, RefinementBlock, SPoC, Token, Tokenizer, load_token
 from networks.backbone import Backbone
-from tests.conftest import SHARED
+from tests.conftest import DATA
 from tests.released import golden_inputs, released_state_dict
 from utils.errors import InputError
 
@@ -106,7 +106,7 @@ def test_arcface_leaves_angles_past_pi_minus_m_unmargined():
 
 @pytest.mark.parametrize("depth", [50, 101])
 def test_golden_descriptors_of_the_released_model(tmp_path, depth):
-    golden = np.load(SHARED / f"golden-token-r{depth}.npz")
+    golden = np.load(DATA / f"golden-token-r{depth}.npz")
     path = tmp_path / f"r{depth}.pth"
     torch.save(released_state_dict(depth), path)
     model = load_token(path).double()
