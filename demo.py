@@ -23,6 +23,7 @@ import test as evaluation
 import train as training
 from datasets.synthetic import ensure_generated
 from networks import Token
+from networks.checkpoint import model_state
 from utils.errors import fail_cleanly
 from utils.visualize import main as visualize
 
@@ -82,7 +83,7 @@ def train_model(args, name, aggregation):
                    "--optimizer", "adamw", "--weight-decay", str(args.weight_decay), "--schedule", "cosine",
                    "--warmup-epochs", "1", "--warmup-lr", str(args.lr / 100), "--dropout", "0", "--drop-path", "0",
                    "--seed", str(args.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter",
-                   "--margin", str(args.margin), "--scale", str(args.scale)])
+                   "--arcface-margin", str(args.margin), "--arcface-scale", str(args.scale)])
     return out
 
 
@@ -92,7 +93,7 @@ def untrained_model(args):
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model = Token(**model_config(args), pretrained=False)
-    torch.save({"state_dict": model.state_dict(), "model_config": model.config}, out / "checkpoint.pth")
+    torch.save(model_state(model), out / "checkpoint.pth")
     return out / "checkpoint.pth"
 
 

@@ -4,6 +4,7 @@ from networks.arcface import ArcFace
 from networks.attention import MultiHeadAttention
 from networks.backbone import Backbone
 from networks.checkpoint import load_token
+from networks.config import TokenConfig
 from networks.lfsa import LFSA
 from networks.pooling import GeM, SPoC
 from networks.refinement import RefinementBlock
@@ -11,4 +12,4 @@ from networks.token import Token
 from networks.tokenizer import Tokenizer
 
 __all__ = ["ArcFace", "Backbone", "GeM", "LFSA", "MultiHeadAttention", "RefinementBlock", "SPoC", "Token",
-           "Tokenizer", "load_token"]
+           "TokenConfig", "Tokenizer", "load_token"]

@@ -1,8 +1,10 @@
 """Multi-head attention as the released Token model computes it (docs/FACTS.md, "The model").
 
 Separate query, key and value projections with bias, ``heads`` heads, softmax(q k^T / sqrt(d / heads)) over
-the keys, an output projection with bias. Used by LFSA (self-attention over local features) and by the
-refinement block (cross-attention tokens -> local features, self-attention among tokens).
+the keys, an output projection with bias. Initialised as released: q, k, v truncated normal (std 0.02) with zero
+bias, the output projection zero, so that an attention branch starts as the identity of its residual. Used by
+LFSA (self-attention over local features) and by the refinement block (cross-attention tokens -> local
+features, self-attention among tokens).
 """
 
 import torch
@@ -22,6 +24,11 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = nn.Dropout(dropout)
         self.proj_drop = nn.Dropout(dropout)
+        for linear in (self.q, self.k, self.v):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
 
     def _split(self, x):
         b, n, d = x.shape

@@ -1,19 +1,36 @@
-"""Load Token checkpoints: the authors' released files and our own, safely (``weights_only=True``).
+"""Checkpoints, in one place: read safely (``weights_only=True``: nothing in a file runs code), written atomically,
+and their layout defined once.
 
-Accepted: a plain state_dict in the released layout (docs/FACTS.md, "Released checkpoints"),
-the released training wrapper ``{'epoch', 'state_dict', 'optim'}``, DDP's ``module.`` prefix, and train.py's
-checkpoints (``{'state_dict', 'model_config', ...}``). Released names are mapped onto ours; the architecture is
-taken from ``model_config`` when present, else inferred from the keys and shapes.
+Read: the authors' released files (a plain state_dict in the released layout, docs/FACTS.md, "Released
+checkpoints", or their training wrapper ``{'epoch', 'state_dict', 'optim'}``), DDP's ``module.`` prefix, and ours.
+Released names are mapped onto ours; the architecture is taken from ``model_config`` when present, else inferred
+from the keys and shapes.
+
+Ours: every file holds ``model_state`` (``state_dict`` and ``model_config``); train.py's ``last.pth`` /
+``best.pth`` add what resuming needs (``training_state``).
 """
 
+import logging
+import os
 import pickle
 import re
+import shutil
 import zipfile
+from pathlib import Path
 
 import torch
 
+from networks.config import TokenConfig
 from networks.token import Token
+from utils.atomic import atomic_write, write_error
 from utils.errors import InputError
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pth"
+BEST = "best.pth"
+TRAINING_KEYS = ("step", "steps_per_epoch", "state_dict", "model_config", "optimizer", "scheduler", "scaler", "args",
+                 "best_top1_err", "epoch")
 
 # Released key prefix -> ours, first match wins.
 RELEASED_TO_OURS = [
@@ -45,13 +62,12 @@ def released_to_ours(key):
     return key
 
 
-def read_checkpoint(path, map_location="cpu"):
-    """The file's state_dict (our names, ``module.`` stripped), its ``model_config`` or None, and a map from
-    our names back to the names in the file (for error messages)."""
+def read_file(path, expected="a Token checkpoint (.pth)"):
+    """``torch.load`` of ``path`` on the CPU with ``weights_only=True``; every failure is an ``InputError``."""
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise InputError(f"{path} not found: expected a Token checkpoint (.pth)") from None
+        raise InputError(f"{path} not found: expected {expected}") from None
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):
             raise InputError(f"{path}: refused to load, it holds objects that would run code when "
@@ -60,12 +76,18 @@ def read_checkpoint(path, map_location="cpu"):
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise InputError(f"{path}: not a readable checkpoint, truncated or not a torch file "
                          f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def read_checkpoint(path):
+    """The file's state_dict (our names, ``module.`` stripped), its ``model_config`` or None, and a map from
+    our names back to the names in the file (for error messages)."""
+    obj = read_file(path)
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a state_dict or a dict with 'state_dict', got {type(obj).__name__}")
     config = obj.get("model_config")
     state = obj.get("state_dict", obj)
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise InputError(f"{path}: its state_dict holds non-tensor entries; not a model checkpoint")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise InputError(f"{path}: its state_dict holds entries that are not named tensors; not a model checkpoint")
     ours, original = {}, {}
     for key, value in state.items():
         stripped = key.removeprefix("module.")
@@ -110,25 +132,111 @@ def check_fits(model, state, original, path):
     name = lambda key: f"'{key}'" + (f" (in the file: '{original[key]}')" if original.get(key, key) != key else "")  # noqa: E731
     for key in expected:
         if key not in state:
-            raise InputError(f"{path} does not fit Token({model.config['backbone']}): missing key {name(key)}")
+            raise InputError(f"{path} does not fit Token({model.config.backbone}): missing key {name(key)}")
     for key in state:
         if key not in expected:
-            raise InputError(f"{path} does not fit Token({model.config['backbone']}): unexpected key {name(key)}")
+            raise InputError(f"{path} does not fit Token({model.config.backbone}): unexpected key {name(key)}")
     for key, value in state.items():
         if value.shape != expected[key].shape:
-            raise InputError(f"{path} does not fit Token({model.config['backbone']}): key {name(key)} has shape "
+            raise InputError(f"{path} does not fit Token({model.config.backbone}): key {name(key)} has shape "
                              f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}")
 
 
-def load_token(path, map_location="cpu"):
+def load_token(path):
     """Build the Token that ``path`` holds, load its weights and return it in eval mode.
 
     The ArcFace classifier is loaded when the file has one (``model.arcface``), else left out.
     """
-    state, config, original = read_checkpoint(path, map_location)
-    config = dict(config) if config else infer_config(state, path)
+    state, config, original = read_checkpoint(path)
+    try:
+        config = TokenConfig.from_dict(config if config else infer_config(state, path))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{path}: its model_config does not describe a Token: {err}") from None
     num_classes = state["arcface.weight"].shape[0] if "arcface.weight" in state else None
-    model = Token(**config, num_classes=num_classes, pretrained=False)
+    model = Token(config, num_classes=num_classes, pretrained=False)
     check_fits(model, state, original, path)
     model.load_state_dict(state)
     return model.eval()
+
+
+# ---------------------------------------------------------------- ours
+
+
+def model_state(model):
+    """What every checkpoint of ours holds about the model: its weights and its ``TokenConfig``."""
+    return {"state_dict": model.state_dict(), "model_config": model.config.to_dict()}
+
+
+def training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err):
+    """train.py's ``last.pth`` / ``best.pth``: ``model_state`` plus what resuming needs (``TRAINING_KEYS``)."""
+    return {**model_state(model), "epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "args": vars(args), "best_top1_err": best_top1_err}
+
+
+def load_training_state(path):
+    """A train.py checkpoint to resume from, as a dict on the CPU."""
+    obj = read_file(path, "a train.py checkpoint such as last.pth")
+    missing = [key for key in TRAINING_KEYS if not isinstance(obj, dict) or key not in obj]
+    if missing:
+        raise InputError(f"{path}: not a train.py checkpoint to resume from, no {', '.join(missing)}")
+    return obj
+
+
+def save_checkpoint(obj, path):
+    """``torch.save`` to a temporary file next to ``path``, flushed to disk, then renamed over ``path``.
+
+    A kill or an error at any point leaves either the previous file or the new one, never half a file; a
+    failed write (disk full) raises ``WriteError`` (an ``OSError`` and an ``InputError``) naming ``path``.
+    """
+    path = Path(path)
+    atomic_write(path, lambda f: torch.save(obj, f))
+    _fsync_directory(path.parent)
+
+
+def copy_checkpoint(src, dst):
+    """Make ``dst`` the same checkpoint as ``src``, atomically: a hard link where the file system allows (no
+    second write of a large file; ``src`` is later replaced, never modified in place), else a byte copy."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as err:
+        raise write_error(dst, err) from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory):
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def find_resume(resume, output_dir):
+    """The checkpoint ``--resume`` names: None (start fresh), a path, or ``auto`` = ``output_dir/last.pth``
+    when it exists (else None, said in the log)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = Path(output_dir) / LAST
+        if last.is_file():
+            return last
+        log.info("--resume auto: no %s yet, starting a fresh run", last)
+        return None
+    if not Path(resume).is_file():
+        raise InputError(f"--resume {resume}: not found; expected a train.py checkpoint such as {LAST}")
+    return Path(resume)

@@ -24,13 +24,11 @@ class MLP(nn.Sequential):
 class RefinementBlock(nn.Module):
     def __init__(self, dim, heads=8, dropout=0.1, drop_path=0.1, cross_attention=True, self_attention=True):
         super().__init__()
-        if cross_attention:
-            self.norm1 = nn.LayerNorm(dim)
-            self.cross_attn = MultiHeadAttention(dim, heads, dropout)
+        self.norm1 = nn.LayerNorm(dim) if cross_attention else None
+        self.cross_attn = MultiHeadAttention(dim, heads, dropout) if cross_attention else None
         self.mlp = MLP(dim, 2 * dim, dropout)
-        if self_attention:
-            self.norm2 = nn.LayerNorm(dim)
-            self.self_attn = MultiHeadAttention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim) if self_attention else None
+        self.self_attn = MultiHeadAttention(dim, heads, dropout) if self_attention else None
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
     def forward(self, tokens, x):
@@ -39,11 +37,11 @@ class RefinementBlock(nn.Module):
         Returns the refined tokens and the cross-attention maps (B, heads, L, N), or None without cross-attention.
         """
         attn = None
-        if hasattr(self, "cross_attn"):
+        if self.cross_attn is not None:
             update, attn = self.cross_attn(self.norm1(tokens), x, x, return_attention=True)
             tokens = tokens + self.drop_path(update)
         tokens = tokens + self.drop_path(self.mlp(tokens))
-        if hasattr(self, "self_attn"):
+        if self.self_attn is not None:
             normed = self.norm2(tokens)
             tokens = tokens + self.drop_path(self.self_attn(normed, normed, normed))
         return tokens, attn

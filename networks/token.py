@@ -1,10 +1,12 @@
 """Token: CNN local features -> LFSA -> tokenizer -> refinement blocks -> concatenated tokens -> projection
 -> L2-normalised global descriptor, trained with ArcFace (paper, Fig. 2; docs/FACTS.md, "The model").
 
-The ablations of Tables 3-6 are constructor options: ``tokenizer`` (Table 5), ``num_tokens`` (Table 6),
+The ablations of Tables 3-6 are ``TokenConfig`` fields: ``tokenizer`` (Table 5), ``num_tokens`` (Table 6),
 ``lfsa_blocks`` and ``aggregation="spoc"|"gem"`` (Table 3), ``refinement_blocks``, ``cross_attention`` and
 ``self_attention`` (Table 4).
 """
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -12,53 +14,46 @@ from torch import nn
 
 from networks.arcface import ArcFace
 from networks.backbone import Backbone
+from networks.config import TokenConfig
 from networks.lfsa import LFSA
 from networks.pooling import GeM, SPoC
 from networks.refinement import RefinementBlock
 from networks.tokenizer import Tokenizer
 
-AGGREGATIONS = ("tokens", "spoc", "gem")
-
 
 class Token(nn.Module):
-    def __init__(self, backbone="resnet101", num_classes=None, dim=1024, out_dim=1024, num_tokens=4, heads=8,
-                 lfsa_blocks=1, refinement_blocks=2, tokenizer="attention", aggregation="tokens",
-                 cross_attention=True, self_attention=True, dropout=0.1, drop_path=0.1,
-                 arcface_margin=0.2, arcface_scale=32.0, pretrained=True, backbone_weights=None):
-        super().__init__()
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        self.config = dict(backbone=backbone, dim=dim, out_dim=out_dim, num_tokens=num_tokens, heads=heads,
-                           lfsa_blocks=lfsa_blocks, refinement_blocks=refinement_blocks, tokenizer=tokenizer,
-                           aggregation=aggregation, cross_attention=cross_attention,
-                           self_attention=self_attention, dropout=dropout, drop_path=drop_path,
-                           arcface_margin=arcface_margin, arcface_scale=arcface_scale)
-        self.backbone = Backbone(backbone, pretrained, backbone_weights)
-        self.input_proj = nn.Sequential(nn.Conv2d(self.backbone.channels, dim, 1), nn.BatchNorm2d(dim))
-        self.lfsa = nn.ModuleList(LFSA(dim, heads, dropout, drop_path) for _ in range(lfsa_blocks))
-        if aggregation == "tokens":
-            self.tokenizer = Tokenizer(dim, num_tokens, tokenizer)
-            self.refinement = nn.ModuleList(
-                RefinementBlock(dim, heads, dropout, drop_path, cross_attention, self_attention)
-                for _ in range(refinement_blocks))
-            pooled_dim = num_tokens * dim
-        else:
-            self.pool = SPoC() if aggregation == "spoc" else GeM()
-            pooled_dim = dim
-        self.projection = nn.Sequential(nn.Linear(pooled_dim, out_dim), nn.BatchNorm1d(out_dim))
-        self.arcface = ArcFace(out_dim, num_classes, arcface_margin, arcface_scale) if num_classes else None
-        self._init_attention()
+    """``Token(config)`` or ``Token(backbone="resnet50", ...)`` with ``TokenConfig`` fields as keywords.
 
-    def _init_attention(self):
-        """Released initialisation: attention linears truncated normal (std 0.02), zero bias; output
-        projections zero, so every attention branch starts as the identity of its residual."""
-        for module in self.modules():
-            if hasattr(module, "q") and hasattr(module, "proj"):
-                for linear in (module.q, module.k, module.v):
-                    nn.init.trunc_normal_(linear.weight, std=0.02)
-                    nn.init.zeros_(linear.bias)
-                nn.init.zeros_(module.proj.weight)
-                nn.init.zeros_(module.proj.bias)
+    ``num_classes``: the ArcFace head's classes (None: a test-time model); ``pretrained`` / ``backbone_weights``:
+    ImageNet weights of the trunk (torchvision's, or a file).
+    """
+
+    def __init__(self, config=None, /, *, num_classes=None, pretrained=True, backbone_weights=None, **settings):
+        super().__init__()
+        if config is not None and not isinstance(config, TokenConfig):
+            raise TypeError(f"Token takes a TokenConfig or keywords, e.g. Token(backbone='resnet50'); got {config!r}")
+        config = replace(config or TokenConfig(), **settings)
+        self.config = config
+        self.backbone = Backbone(config.backbone, pretrained, backbone_weights)
+        dim, heads = config.dim, config.heads
+        self.input_proj = nn.Sequential(nn.Conv2d(self.backbone.channels, dim, 1), nn.BatchNorm2d(dim))
+        self.lfsa = nn.ModuleList(LFSA(dim, heads, config.dropout, config.drop_path)
+                                  for _ in range(config.lfsa_blocks))
+        self.tokenizer = self.refinement = self.pool = None
+        if config.aggregation == "tokens":
+            self.tokenizer = Tokenizer(dim, config.num_tokens, config.tokenizer)
+            self.refinement = nn.ModuleList(
+                RefinementBlock(dim, heads, config.dropout, config.drop_path, config.cross_attention,
+                                config.self_attention)
+                for _ in range(config.refinement_blocks))
+            pooled_dim = config.num_tokens * dim
+        else:
+            self.pool = SPoC() if config.aggregation == "spoc" else GeM()
+            pooled_dim = dim
+        self.projection = nn.Sequential(nn.Linear(pooled_dim, config.out_dim), nn.BatchNorm1d(config.out_dim))
+        self.arcface = None
+        if num_classes:
+            self.arcface = ArcFace(config.out_dim, num_classes, config.arcface_margin, config.arcface_scale)
 
     def local_features(self, images):
         """Context-aware local features (B, N, d) and the feature map size (H, W)."""
@@ -70,7 +65,7 @@ class Token(nn.Module):
 
     def aggregate(self, x):
         """Local features (B, N, d) -> pooled vector (B, L*d or d), tokenizer and last cross-attention maps."""
-        if not hasattr(self, "tokenizer"):
+        if self.tokenizer is None:
             return self.pool(x), None, None
         tokens, assignment = self.tokenizer(x)
         cross = None

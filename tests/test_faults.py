@@ -59,10 +59,10 @@ from datasets.gldv2 import LandmarkImages, load_gldv2
 from datasets.images import ImageReadError, load_rgb, to_normalized_tensor
 from datasets.revisitop import RevisitopImages, load_revisitop
 from networks import Token, load_token
+from networks.checkpoint import load_training_state, save_checkpoint
 from tests.conftest import ROOT
 from tests.test_train import TINY, run, small_set
 from utils.atomic import WriteError
-from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.distributed import DistEnv
 from utils.errors import InputError
 from utils.extract import SCALES, multiscale_descriptor
@@ -119,7 +119,7 @@ def test_resume_checkpoint_and_split_cache_that_would_run_code_are_refused(gldv2
     evil = tmp_path / "last.pth"
     torch.save({"step": 1, "payload": _RunsCode()}, evil)
     with pytest.raises(InputError, match="last.pth: refused to load"):
-        load_checkpoint(evil)
+        load_training_state(evil)
 
     cache = tmp_path / "cache"
     load_gldv2(gldv2, cache_dir=cache)
@@ -135,9 +135,9 @@ def test_resume_checkpoint_and_split_cache_that_would_run_code_are_refused(gldv2
 
 def test_checkpoint_of_another_depth_or_model_or_truncated_names_what_does_not_fit(tmp_path):
     torch.manual_seed(0)
-    model = Token("resnet18", dim=32, out_dim=32, heads=4, pretrained=False)
+    model = Token(backbone="resnet18", dim=32, out_dim=32, heads=4, pretrained=False)
     other_depth = tmp_path / "depth.pth"
-    torch.save({"state_dict": model.state_dict(), "model_config": {**model.config, "backbone": "resnet34"}},
+    torch.save({"state_dict": model.state_dict(), "model_config": {**model.config.to_dict(), "backbone": "resnet34"}},
                other_depth)
     with pytest.raises(InputError, match=r"depth.pth does not fit Token\(resnet34\): missing key 'backbone.layer1.2"):
         load_token(other_depth)
@@ -152,9 +152,9 @@ def test_checkpoint_of_another_depth_or_model_or_truncated_names_what_does_not_f
     cut = tmp_path / "cut.pth"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(InputError, match="cut.pth: not a readable checkpoint, truncated"):
-        load_checkpoint(cut)
+        load_training_state(cut)
     with pytest.raises(InputError, match="full.pth: not a train.py checkpoint to resume from, no steps_per_epoch"):
-        load_checkpoint(full)
+        load_training_state(full)
 
 
 # ---------------------------------------------------------------- image files
@@ -220,7 +220,7 @@ def test_images_smaller_than_the_stride_still_give_unit_descriptors(tmp_path):
     at least 1x1 to at least 1x1 (ceil(n / 2) per stage), so the tokenizer sees one position and the descriptor is
     still defined. A 2x2 query crop goes the same way."""
     torch.manual_seed(0)
-    model = Token("resnet18", dim=32, out_dim=32, heads=4, pretrained=False).eval()
+    model = Token(backbone="resnet18", dim=32, out_dim=32, heads=4, pretrained=False).eval()
     path = tmp_path / "tiny.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 8, 3), dtype=np.uint8)).save(path)
     database, _ = RevisitopImages([path], imsize=64)[0]
@@ -234,7 +234,7 @@ def test_images_smaller_than_the_stride_still_give_unit_descriptors(tmp_path):
 
 def test_an_image_one_pixel_wide_still_gives_a_descriptor():
     torch.manual_seed(0)
-    model = Token("resnet18", dim=32, out_dim=32, heads=4, pretrained=False).eval()
+    model = Token(backbone="resnet18", dim=32, out_dim=32, heads=4, pretrained=False).eval()
     descriptor = multiscale_descriptor(model, torch.zeros(1, 3, 1, 40), SCALES)
     assert torch.isfinite(descriptor).all()
     assert torch.allclose(descriptor.norm(dim=-1), torch.ones(1))
@@ -264,14 +264,14 @@ def test_sigkilled_training_resumes_auto_from_the_last_complete_checkpoint(gldv2
             first.kill()
             first.wait()
     assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
-    killed_at = load_checkpoint(out / "last.pth")["step"]  # complete, whenever the kill landed
+    killed_at = load_training_state(out / "last.pth")["step"]  # complete, whenever the kill landed
     # A kill during the next save would have left its temporary file: the resume must not take it for a checkpoint.
     (out / ".last.pth.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")
 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming {out / 'last.pth'} at step {killed_at}" in done.stderr
-    assert load_checkpoint(out / "last.pth")["step"] == 12  # 2 epochs of 6 steps
+    assert load_training_state(out / "last.pth")["step"] == 12  # 2 epochs of 6 steps
 
 
 # ---------------------------------------------------------------- one DDP rank dies

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from networks import Token
+from networks.checkpoint import model_state
 
 ROOT = Path(__file__).resolve().parents[1]
 # test.py by path: a plain "import test" could find the standard library's test package
@@ -88,12 +89,12 @@ def one_thread():
 
 def small_token():
     torch.manual_seed(0)
-    return Token("resnet18", dim=64, out_dim=DIM, heads=4, pretrained=False).eval()
+    return Token(backbone="resnet18", dim=64, out_dim=DIM, heads=4, pretrained=False).eval()
 
 
 def write_checkpoint(path):
     model = small_token()
-    torch.save({"state_dict": model.state_dict(), "model_config": model.config}, path)
+    torch.save(model_state(model), path)
     return path
 
 

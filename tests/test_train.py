@@ -18,10 +18,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import train
+import training.run
 from datasets.gldv2 import LandmarkImages, collate_skip_bad, image_path, load_gldv2, val_transform
 from networks import Token, load_token
+from networks.checkpoint import load_training_state, save_checkpoint
 from tests.conftest import ROOT
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from training.engine import validate
+from training.optim import lr_factor
 from utils.distributed import DistEnv, ShardSampler, TrainSampler
 from utils.metrics import read_metrics
 
@@ -74,14 +77,14 @@ class Killed(Exception):
 
 def kill_after_saving(monkeypatch, step):
     """Make train.py stop right after it has written a checkpoint of ``step``."""
-    real_save = train.save_checkpoint
+    real_save = training.run.save_checkpoint
 
     def save_then_kill(state, path):
         real_save(state, path)
         if state["step"] == step:
             raise Killed
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_kill)
+    monkeypatch.setattr(training.run, "save_checkpoint", save_then_kill)
 
 
 def test_help_mentions_every_flag():
@@ -120,7 +123,7 @@ def test_two_processes_under_torchrun_train_and_evaluate_every_val_image_once(da
     split = load_gldv2(data)
     loader = DataLoader(LandmarkImages(split.val, data, val_transform(64)), batch_size=3, collate_fn=collate_skip_bad)
     args = train.get_args_parser().parse_args(TINY)
-    alone = train.evaluate(model, loader, args, DistEnv(0, 1, torch.device("cpu")))
+    alone = validate(model, loader, args, DistEnv(0, 1, torch.device("cpu")))
     for key in ("val_loss", "val_top1_err", "val_top5_err"):
         assert float(row[key]) == pytest.approx(alone[key], rel=1e-4, abs=1e-4), key
 
@@ -139,12 +142,12 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(data, uninterrupted, 
         kill_after_saving(patch, kill_at)
         with pytest.raises(Killed):
             run(data, out, "--epochs", "2", "--save-every", "4")
-    stopped = load_checkpoint(out / "last.pth")
+    stopped = load_training_state(out / "last.pth")
     assert stopped["step"] == kill_at
     assert stopped["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * (1 - kill_at / 12))
 
     run(data, out, "--epochs", "2", "--save-every", "4", "--resume", "auto")
-    resumed, reference = load_checkpoint(out / "last.pth"), load_checkpoint(uninterrupted / "last.pth")
+    resumed, reference = load_training_state(out / "last.pth"), load_training_state(uninterrupted / "last.pth")
     assert resumed["step"] == reference["step"] == 2 * STEPS_PER_EPOCH
     torch.testing.assert_close(resumed["state_dict"], reference["state_dict"])
     torch.testing.assert_close(resumed["optimizer"], reference["optimizer"])
@@ -157,7 +160,7 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(data, uninterrupted, 
 def test_resume_follows_this_runs_epochs_and_lr_and_refuses_other_changes(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     run(data, out, "--epochs", "1")
-    assert load_checkpoint(out / "last.pth")["optimizer"]["param_groups"][0]["lr"] == 0.0  # the end of 1 epoch
+    assert load_training_state(out / "last.pth")["optimizer"]["param_groups"][0]["lr"] == 0.0  # the end of 1 epoch
 
     with pytest.raises(SystemExit) as stop:
         run(data, out, "--epochs", "2", "--resume", "auto", "--dim", "32")
@@ -166,13 +169,14 @@ def test_resume_follows_this_runs_epochs_and_lr_and_refuses_other_changes(data, 
     kill_after_saving(monkeypatch, 8)  # the schedule of this run's --epochs and --lr, at step 8 of 12
     with pytest.raises(Killed):
         run(data, out, "--epochs", "2", "--resume", "auto", "--save-every", "2", "--lr", "0.02")
-    assert load_checkpoint(out / "last.pth")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02 * (1 - 8 / 12))
+    lr = load_training_state(out / "last.pth")["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(0.02 * (1 - 8 / 12))
 
 
 def test_a_setting_an_older_checkpoint_does_not_record_counts_as_its_default(data, tmp_path, capsys):
     out = tmp_path / "run"
     run(data, out, "--epochs", "1")
-    state = load_checkpoint(out / "last.pth")
+    state = load_training_state(out / "last.pth")
     del state["args"]["optimizer"]  # written before --optimizer existed, when training was SGD
     save_checkpoint(state, out / "last.pth")
     with pytest.raises(SystemExit) as stop:
@@ -196,7 +200,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_pat
     assert stop.value.code == train.EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "not finite (NaN or inf) at step 9" in err and f"last good checkpoint is {out / 'last.pth'}" in err
-    kept = load_checkpoint(out / "last.pth")
+    kept = load_training_state(out / "last.pth")
     assert kept["step"] == STEPS_PER_EPOCH
     assert all(t.isfinite().all() for t in kept["state_dict"].values() if t.is_floating_point())
     assert len(read_metrics(out / "metrics.csv")) == 1
@@ -231,7 +235,7 @@ def test_a_tiny_model_overfits_a_handful_of_images(tmp_path, optimizer, lr):
     out = tmp_path / "run"
     run(root, out, "--epochs", "10", "--batch-size", "32", "--optimizer", optimizer, "--lr", lr, "--dropout", "0",
         "--drop-path", "0", "--no-random-crop", "--no-hflip", "--no-color-jitter")  # 2 steps an epoch
-    state = next(iter(load_checkpoint(out / "last.pth")["optimizer"]["state"].values()))
+    state = next(iter(load_training_state(out / "last.pth")["optimizer"]["state"].values()))
     assert ("exp_avg_sq" in state) == (optimizer == "adamw") and ("momentum_buffer" in state) == (optimizer == "sgd")
     losses = [float(r["train_loss"]) for r in read_metrics(out / "metrics.csv")]
     # BatchNorm over tiny batches of few classes makes single epochs spiky: the median of the last three counts
@@ -254,9 +258,9 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_file(tmp_path, monk
 
 
 def test_lr_schedules():
-    linear = [train.lr_factor(s, 100, "linear", 0, 0.0) for s in (0, 50, 100)]
+    linear = [lr_factor(s, 100, "linear", 0, 0.0) for s in (0, 50, 100)]
     assert linear == [1.0, 0.5, 0.0]
-    cosine = [train.lr_factor(s, 100, "cosine", 20, 0.01) for s in (0, 10, 20, 60, 100)]
+    cosine = [lr_factor(s, 100, "cosine", 20, 0.01) for s in (0, 10, 20, 60, 100)]
     assert cosine == pytest.approx([0.01, 0.505, 1.0, 0.5, 0.0])
 
 

@@ -8,6 +8,7 @@ from PIL import Image
 from datasets.revisitop import load_revisitop
 from datasets.synthetic import generate
 from networks import Token
+from networks.checkpoint import model_state
 from utils.visualize import main, relevance
 
 TINY = dict(num_train_landmarks=2, images_per_landmark=2, num_test_landmarks=2, queries_per_landmark=1,
@@ -21,9 +22,9 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = Token("resnet18", dim=32, out_dim=16, heads=4, pretrained=False).eval()
+    model = Token(backbone="resnet18", dim=32, out_dim=16, heads=4, pretrained=False).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save({"state_dict": model.state_dict(), "model_config": model.config}, path)
+    torch.save(model_state(model), path)
     return path
 
 

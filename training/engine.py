@@ -1,0 +1,159 @@
+"""One epoch of ArcFace training and the val metrics, the same code in one process or under DDP."""
+
+import logging
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.distributed import ReduceOp
+from tqdm import tqdm
+
+from utils.distributed import all_reduce, broadcast_buffers
+from utils.metrics import StepMeter
+
+log = logging.getLogger("train")
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MIN_BATCH = 2  # BatchNorm needs two images a batch in training mode
+
+
+class Diverged(RuntimeError):
+    """The loss or the weights became NaN or infinite."""
+
+
+def memory_format(device):
+    return torch.channels_last if device.type == "cuda" else torch.preserve_format
+
+
+def derived_seed(*keys):
+    """A well-mixed 32-bit seed for the tuple of integers ``keys``."""
+    return int(np.random.SeedSequence(keys).generate_state(1)[0])
+
+
+def seed_rng(seed, rank, step):
+    """Reseed the global RNG (augmentation with --workers 0, dropout, drop-path) from (seed, rank, step).
+
+    Done at every epoch start and after every mid-epoch checkpoint, so a resumed run draws what the
+    uninterrupted run drew.
+    """
+    torch.manual_seed(derived_seed(seed, rank, step))
+
+
+def require_finite(model, step):
+    """Raise ``Diverged`` (on every rank) unless all of the model's float tensors are finite."""
+    finite = torch.stack([t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point()]).all()
+    if not all_reduce(finite.int(), op=ReduceOp.MIN):
+        raise Diverged(f"the weights are not finite after step {step}")
+
+
+def forward_backward(ddp_model, images, labels, scaler, meter, args, env, step):
+    """One micro-batch of optimizer step ``step``: forward, scaled backward. Returns whether gradients were made.
+
+    A batch left with fewer than two readable images is skipped; under DDP the other ranks wait for this one's
+    gradients, so it takes part with a blank batch whose loss is multiplied by 0.
+    """
+    usable = len(labels) >= MIN_BATCH
+    if not usable:
+        log.warning("step %d: skipping a batch with %d readable image(s)", step, len(labels))
+        if not env.distributed:
+            return False
+        images = torch.zeros(MIN_BATCH, 3, args.imsize, args.imsize)
+        labels = torch.zeros(MIN_BATCH, dtype=torch.int64)
+    images = images.to(env.device, non_blocking=True, memory_format=memory_format(env.device))
+    labels = labels.to(env.device, non_blocking=True)
+    with torch.autocast(env.device.type, dtype=AMP_DTYPES[args.amp], enabled=args.amp != "none"):
+        loss, _ = ddp_model(images, labels)
+    if usable:
+        meter.update(loss, len(labels), step)
+    scaler.scale(loss * (float(usable) / args.update_every)).backward()
+    return True
+
+
+def optimizer_step(model, optimizer, scaler, clip_grad):
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args, env, epoch, step,
+                    steps_per_epoch, save_last):
+    """Train from global optimizer ``step`` to the end of ``epoch``; return the step reached and epoch statistics.
+
+    Statistics stay on the device between syncs (every --log-every steps), where a non-finite loss stops the run.
+    """
+    ddp_model.train()
+    meter = StepMeter(env.device)
+    end = (epoch + 1) * steps_per_epoch
+    bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
+               disable=not env.is_main, dynamic_ncols=True, mininterval=1.0)
+    trained = False  # whether any micro-batch of the current optimizer step made gradients
+    for i, (images, labels, skipped) in enumerate(loader):
+        meter.count_skipped(skipped)
+        last_micro = (i + 1) % args.update_every == 0
+        with ddp_model.no_sync() if env.distributed and not last_micro else nullcontext():
+            trained |= forward_backward(ddp_model, images, labels, scaler, meter, args, env, step + 1)
+        if not last_micro:
+            continue
+        if trained:
+            optimizer_step(model, optimizer, scaler, args.clip_grad)
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step, trained = step + 1, False
+        bar.update()
+        mid_epoch_save = args.save_every and step % args.save_every == 0 and step < end
+        if step % args.log_every == 0 or mid_epoch_save:
+            sync_and_check(meter, bar, optimizer)
+        if mid_epoch_save:
+            save_last(step)
+            seed_rng(args.seed, env.rank, step)
+    sync_and_check(meter, bar, optimizer)
+    bar.close()
+    return step, meter.epoch_summary()
+
+
+def sync_and_check(meter, bar, optimizer):
+    """Reduce the step statistics over ranks, stop on a non-finite loss, refresh the progress bar."""
+    window = meter.sync()
+    if window["first_bad_step"] is not None:
+        raise Diverged(f"the loss is not finite (NaN or inf) at step {window['first_bad_step']}")
+    if not math.isnan(window["loss"]):
+        bar.set_postfix(loss=f"{window['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+                        img_s=f"{window['images_per_s']:.1f}")
+
+
+@torch.no_grad()
+def validate(model, loader, args, env):
+    """Val ArcFace loss (with the margin) and top-1/top-5 error in % of the cosine logits, over all ranks.
+
+    Each rank evaluates its own shard (no padding duplicates) with rank 0's buffers; sums and counts are
+    all-reduced once at the end.
+    """
+    model.eval()
+    broadcast_buffers(model)
+    k = min(5, model.arcface.weight.shape[0])
+    sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss, top-1 hits, top-k hits
+    images_seen = images_skipped = 0
+    for images, labels, skipped in tqdm(loader, desc="val", leave=False, disable=not env.is_main,
+                                        dynamic_ncols=True, mininterval=1.0):
+        images_skipped += skipped
+        images_seen += len(labels)
+        if not len(labels):
+            continue
+        images = images.to(env.device, non_blocking=True, memory_format=memory_format(env.device))
+        labels = labels.to(env.device, non_blocking=True)
+        with torch.autocast(env.device.type, dtype=AMP_DTYPES[args.amp], enabled=args.amp != "none"):
+            descriptors = model.forward_test(images)
+            margin_logits = model.arcface(descriptors, labels)
+            cosine = F.linear(descriptors, F.normalize(model.arcface.weight, dim=-1))
+        hits = cosine.topk(k, dim=1).indices == labels[:, None]
+        loss = F.cross_entropy(margin_logits.float(), labels, reduction="sum")
+        sums += torch.stack([loss.double(), hits[:, 0].sum().double(), hits.sum().double()])
+    counts = torch.tensor([images_seen, images_skipped], dtype=torch.float64, device=env.device)
+    loss, top1, topk, n, skipped = all_reduce(torch.cat([sums, counts])).tolist()
+    n = n or math.nan  # no readable val image: NaN metrics
+    return {"val_loss": loss / n, "val_top1_err": 100 * (1 - top1 / n), "val_top5_err": 100 * (1 - topk / n),
+            "skipped_images": int(skipped)}

@@ -1,0 +1,118 @@
+"""train.py's flags and their checks: the model flags come from ``TokenConfig``, the rest is the training recipe
+(docs/FACTS.md, "Training recipe")."""
+
+import argparse
+import os
+
+from networks.config import TokenConfig
+from training.engine import AMP_DTYPES, MIN_BATCH
+from utils.errors import InputError
+
+# Flags that may change when resuming (e.g. a lower --lr or --clip-grad after a NaN); all others must match.
+MAY_CHANGE_ON_RESUME = {"epochs", "lr", "clip_grad", "amp", "resume", "output_dir", "data_root", "cache_dir", "workers",
+                        "device", "save_every", "log_every", "pretrained", "backbone_weights"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append the default to each option's help, but for switches and options unset by default."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 or action.default is None else super()._get_help_string(action)
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Train Token on GLDv2-clean with ArcFace, in one process or one "
+                                     "process per GPU under torchrun.", formatter_class=HelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", default="data/gldv2",
+                      help="GLDv2 directory: train_clean.csv or train.csv, images at train/a/b/c/<id>.jpg")
+    data.add_argument("--csv", default="train_clean.csv",
+                      help="annotation file in --data-root: train_clean.csv (landmark_id,images) or train.csv "
+                           "(id,url,landmark_id)")
+    data.add_argument("--cache-dir", default=None,
+                      help="where the train/val split cache and the label map are kept (default: --data-root)")
+    data.add_argument("--val-fraction", type=float, default=0.2, help="share of each landmark's images for val")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
+    data.add_argument("--imsize", type=int, default=512, help="training crop and val centre-crop size (pixels)")
+    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                      help="DataLoader processes per rank (0: load images in the training process)")
+
+    aug = parser.add_argument_group("augmentation (the released code's; each can be switched off)")
+    aug.add_argument("--crop-scale", type=float, nargs=2, default=[0.2, 1.0], metavar=("MIN", "MAX"),
+                     help="area range of the random resized crop")
+    aug.add_argument("--no-random-crop", dest="random_crop", action="store_false",
+                     help="resize the short side to --imsize and centre-crop instead of the random resized crop")
+    aug.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flip")
+    aug.add_argument("--color-jitter", type=float, nargs=4, default=[0.4, 0.4, 0.2, 0.1],
+                     metavar=("B", "C", "S", "H"), help="colour jitter: brightness, contrast, saturation, hue")
+    aug.add_argument("--jitter-p", type=float, default=0.8, help="probability of applying the colour jitter")
+    aug.add_argument("--no-color-jitter", dest="jitter", action="store_false", help="no colour jitter")
+
+    model = TokenConfig.add_arguments(parser.add_argument_group("model (the ablations of the paper's Tables 3-6)"))
+    model.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                       help="random backbone instead of ImageNet weights")
+    model.add_argument("--backbone-weights", metavar="PATH", default=None,
+                       help="ImageNet weights file of the backbone (default: torchvision's, from the hub cache)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=30,
+                       help="epochs; may be raised on --resume, the schedule then stretches to the new total")
+    optim.add_argument("--batch-size", type=int, default=128,
+                       help="GLOBAL batch of one optimizer step, split over processes and --update-every")
+    optim.add_argument("--update-every", type=int, default=1,
+                       help="gradient accumulation: micro-batches summed into one optimizer step")
+    optim.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                       help="SGD with momentum (the paper's), or AdamW (much faster from scratch: the CPU demo's)")
+    optim.add_argument("--lr", type=float, default=0.01, help="peak learning rate (not scaled by the batch size)")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    optim.add_argument("--no-nesterov", dest="nesterov", action="store_false", help="plain momentum, not Nesterov")
+    optim.add_argument("--weight-decay", type=float, default=1e-4,
+                       help="weight decay, not applied to biases and normalisation weights (1-d parameters)")
+    optim.add_argument("--schedule", default="linear", choices=("linear", "cosine"),
+                       help="per step: linear decay to 0 (the paper's), or warm-up then cosine to 0 (released code)")
+    optim.add_argument("--warmup-epochs", type=float, default=5, help="cosine schedule: epochs of linear warm-up")
+    optim.add_argument("--warmup-lr", type=float, default=1e-4, help="cosine schedule: learning rate at step 0")
+    optim.add_argument("--clip-grad", type=float, default=None, metavar="NORM",
+                       help="clip the gradient's global L2 norm to NORM (default: no clipping)")
+    optim.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
+                       help="mixed precision: bf16, or fp16 with a gradient scaler")
+    optim.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and augmentation")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="auto: CUDA when available (one GPU per torchrun process), else CPU")
+    run.add_argument("--output-dir", default="runs/token",
+                     help="where last.pth, best.pth, metrics.csv and training_curves.png go")
+    run.add_argument("--resume", metavar="PATH|auto", default=None,
+                     help="continue from a checkpoint; auto: --output-dir/last.pth if it exists, else start fresh")
+    run.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+                     help="also save last.pth every STEPS optimizer steps within an epoch (0: at epoch ends only)")
+    run.add_argument("--log-every", type=int, default=20, metavar="STEPS",
+                     help="steps between progress-bar updates of loss and images/s (and checks for a NaN loss)")
+    return parser
+
+
+def check_args(args, env):
+    """Raise an InputError for settings that cannot run; return the micro-batch each rank loads."""
+    share = env.world_size * args.update_every
+    if args.batch_size % share or args.batch_size < MIN_BATCH * share:
+        raise InputError(f"--batch-size {args.batch_size} must be a multiple of {share} (processes x --update-every) "
+                         f"and at least {MIN_BATCH * share}, so that each micro-batch has {MIN_BATCH}+ images")
+    if args.epochs < 1 or args.lr <= 0 or args.log_every < 1 or args.save_every < 0:
+        raise InputError("--epochs, --lr and --log-every must be positive, --save-every at least 0")
+    if args.imsize < 32:
+        raise InputError(f"--imsize {args.imsize}: at least 32 pixels (the backbone's stride)")
+    if args.nesterov and args.momentum <= 0:
+        raise InputError("Nesterov momentum needs --momentum > 0 (or pass --no-nesterov)")
+    return args.batch_size // share
+
+
+def check_resume_args(resumed, current, path):
+    """The run's settings must be the checkpoint's (its ``args`` and ``model_config``), but for
+    MAY_CHANGE_ON_RESUME. A setting the checkpoint does not record (a flag added after it was written, such as
+    --optimizer) counts as that flag's default."""
+    saved = {**vars(get_args_parser().parse_args([])), **resumed["args"], **resumed["model_config"]}
+    changed = [key for key in current if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != current[key]]
+    if changed:
+        raise InputError(f"--resume {path}: the checkpoint was trained with other settings: "
+                         + ", ".join(f"{key} {saved.get(key)!r} (now {current[key]!r})" for key in changed))
