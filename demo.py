@@ -1,109 +1,130 @@
 """The embedded demo: train and evaluate Token end to end on a generated landmark world, on a CPU.
 
-1. generate the synthetic world (GLDv2-clean-format training set, revisitop-format test set ``synthetic``);
-2. evaluate an untrained Token with test.py;
-3. train a small Token (resnet18 trunk, small images, from scratch) with train.py, evaluate it;
-4. train a GeM baseline the same way, evaluate it;
-5. print the table (mAP Easy / Medium / Hard) and draw the figures.
+1. generate the synthetic world under --data-root (GLDv2-clean-format training set, revisitop-format test set
+   ``synthetic``), in the same layout as the real data;
+2. train a small Token (resnet18 trunk, small images, from scratch) and a GeM baseline the same way, and evaluate
+   an untrained Token: the three jobs run side by side in --jobs processes of one thread each;
+3. evaluate each on the ``synthetic`` test set as test.py does (exact search, mAP Easy / Medium / Hard);
+4. print the table and draw the figures (training curves, retrievals, attention maps).
 
-Everything lands in one run folder (``--run-dir``): ``results.json``, per model ``metrics.csv``, checkpoints,
-features and ``results.json`` of test.py, and ``figures/``. ``python demo.py --quick`` is the few-step version
-that CI runs.
+The recipe (world size, model, schedule) is ``training.recipes.DEMO``; ``--quick`` runs ``QUICK``, the tiny
+version CI runs. Every job computes on one thread, so the table does not depend on --jobs; it does depend on the
+CPU's kernels (AVX2 or AVX-512), so another machine prints other numbers. Everything lands in --run-dir:
+``results.json`` (the table), per model ``last.pth``, ``metrics.csv``, ``eval/results.json`` and
+``eval/features/``, and ``figures/``.
 """
 
 import argparse
-import json
+import logging
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-import test as evaluation
-import train as training
 from datasets.synthetic import ensure_generated
-from networks import Token
-from networks.checkpoint import model_state
-from utils.errors import fail_cleanly
-from utils.visualize import main as visualize
+from networks import Token, TokenConfig, load_token
+from networks.checkpoint import model_state, save_checkpoint
+from retrieval.evaluation import EvalSettings, evaluate_checkpoint
+from retrieval.features import save_json
+from retrieval.figures import plot_attention, plot_retrievals
+from retrieval.revisited import PROTOCOLS
+from training.options import check_args, get_args_parser as train_parser
+from training.recipes import DEMO, QUICK
+from training.run import train
+from utils.distributed import DistEnv
+from utils.errors import InputError, fail_cleanly
+from utils.metrics import plot_training_curves
 
-PROTOCOLS = ("easy", "medium", "hard")
+# table row -> (folder under --run-dir, aggregation of the trained model; None: the untrained Token)
+MODELS = {"untrained Token": ("untrained", None), "trained Token": ("token", "tokens"),
+          "trained GeM baseline": ("gem", "gem")}
+CPU = DistEnv(0, 1, torch.device("cpu"))
 
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/demo", help="folder that receives every output of the demo")
-    parser.add_argument("--data-dir", default="data/synthetic", help="where the synthetic world is generated")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
-    parser.add_argument("--train-landmarks", type=int, default=100, help="landmarks in the training set")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each model")
-    parser.add_argument("--batch-size", type=int, default=32, help="training batch")
-    parser.add_argument("--lr", type=float, default=1e-3,
-                        help="peak AdamW learning rate, after one epoch of warm-up (2e-3 already stalls the Token)")
-    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
-    parser.add_argument("--imsize", type=int, default=64, help="training crop size (pixels)")
-    parser.add_argument("--test-imsize", type=int, default=96, help="evaluation image size (longer side)")
-    parser.add_argument("--dim", type=int, default=128, help="channels of the local features and tokens")
-    parser.add_argument("--out-dim", type=int, default=1024,
-                        help="global descriptor size (the paper's 1024; 128 measured 10 mAP points lower)")
-    parser.add_argument("--margin", type=float, default=0.0,
-                        help="ArcFace margin (0: normalised softmax, which starts faster from scratch than 0.2)")
-    parser.add_argument("--scale", type=float, default=16.0, help="ArcFace scale")
-    parser.add_argument("--workers", type=int, default=0, help="data loading processes (0: in the main process)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the tiny recipe (a few images, one epoch) that checks the pipeline end to end (CI)")
+    parser.add_argument("--data-root", default=None,
+                        help=f"data root that receives the synthetic world (default: {DEMO.data_root}, "
+                             f"{QUICK.data_root} with --quick)")
+    parser.add_argument("--run-dir", default=None,
+                        help=f"folder that receives every output (default: {DEMO.run_dir}, {QUICK.run_dir} with --quick)")
+    parser.add_argument("--seed", type=int, default=DEMO.seed, help="seed of the world and of every model")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"training epochs of each model (default: the recipe's, {DEMO.epochs})")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes that run the three models side by side, one thread each")
     parser.add_argument("--figures-dir", default=None,
                         help="also copy the figures here (the README's Figure/ is made with --figures-dir Figure)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few steps on a tiny world, to check the pipeline end to end (CI)")
     return parser
 
 
-def model_config(args, aggregation="tokens"):
-    """The demo's model: ``Token`` keyword arguments (train.py's flags of the same names)."""
-    return {"backbone": "resnet18", "dim": args.dim, "out_dim": args.out_dim, "heads": 4, "aggregation": aggregation}
+def recipe_of(args):
+    """The recipe with this run's overrides: ``--seed``, ``--epochs``, ``--data-root``, ``--run-dir``."""
+    recipe = QUICK if args.quick else DEMO
+    overrides = {"seed": args.seed, "epochs": args.epochs, "data_root": args.data_root, "run_dir": args.run_dir}
+    return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
 
 
-def model_flags(args, aggregation):
-    return [text for key, value in model_config(args, aggregation).items()
-            for text in (f"--{key.replace('_', '-')}", str(value))]
+def model_config(recipe, aggregation):
+    return TokenConfig(**recipe.model, aggregation=aggregation, dropout=0.0, drop_path=0.0,
+                       arcface_margin=recipe.margin, arcface_scale=recipe.scale)
 
 
-def world_size(args):
-    if args.quick:
-        return dict(num_train_landmarks=6, images_per_landmark=(4, 6), num_test_landmarks=3,
-                    db_views_per_landmark=(4, 6), num_distractors=10)
-    return dict(num_train_landmarks=args.train_landmarks)
+def training_args(recipe, name):
+    """train.py's flags for the demo's model ``name``, parsed and checked (before any work is done)."""
+    folder, aggregation = MODELS[name]
+    flags = [*model_config(recipe, aggregation).as_flags(), "--data-root", recipe.data_root,
+             "--output-dir", str(Path(recipe.run_dir) / folder), "--no-pretrained", "--device", "cpu",
+             "--workers", "0", "--imsize", str(recipe.imsize), "--epochs", str(recipe.epochs),
+             "--batch-size", str(recipe.batch_size), "--optimizer", "adamw", "--lr", str(recipe.lr),
+             "--weight-decay", str(recipe.weight_decay), "--schedule", "cosine", "--warmup-epochs", "1",
+             "--warmup-lr", str(recipe.lr / 100), "--seed", str(recipe.seed), "--crop-scale", "0.6", "1.0",
+             "--no-color-jitter"]
+    args = train_parser().parse_args(flags)
+    check_args(args, CPU)
+    return args
 
 
-def train_model(args, name, aggregation):
-    """train.py on the world's training set; returns the run folder."""
-    out = Path(args.run_dir) / name
-    training.main(["--data-root", args.data_dir, "--output-dir", str(out), "--no-pretrained", "--device", "cpu",
-                   *model_flags(args, aggregation), "--imsize", str(args.imsize), "--epochs", str(args.epochs),
-                   "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--workers", str(args.workers),
-                   "--optimizer", "adamw", "--weight-decay", str(args.weight_decay), "--schedule", "cosine",
-                   "--warmup-epochs", "1", "--warmup-lr", str(args.lr / 100), "--dropout", "0", "--drop-path", "0",
-                   "--seed", str(args.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter",
-                   "--arcface-margin", str(args.margin), "--arcface-scale", str(args.scale)])
-    return out
+def run_model(recipe, name):
+    """One row of the table: train (or initialise) the model ``name``, then evaluate it; runs in a worker."""
+    torch.set_num_threads(1)
+    folder, aggregation = MODELS[name]
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s", datefmt="%H:%M:%S",
+                        force=True)
+    if aggregation is None:
+        out = Path(recipe.run_dir) / folder
+        out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(recipe.seed)
+        checkpoint = out / "checkpoint.pth"
+        save_checkpoint(model_state(Token(model_config(recipe, "tokens"), pretrained=False)), checkpoint)
+    else:
+        args = training_args(recipe, name)
+        train(args, CPU)
+        out, checkpoint = Path(args.output_dir), Path(args.output_dir) / "last.pth"
+    settings = EvalSettings(checkpoint=str(checkpoint), data_root=recipe.data_root, datasets=["synthetic"],
+                            imsize=recipe.test_imsize, device="cpu", workers=0, output_dir=str(out / "eval"))
+    exact = evaluate_checkpoint(settings, CPU)["datasets"]["synthetic"]["runs"]["exact"]
+    logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
+    return {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}
 
 
-def untrained_model(args):
-    """A freshly initialised Token, saved as a checkpoint test.py can read."""
-    out = Path(args.run_dir) / "untrained"
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    model = Token(**model_config(args), pretrained=False)
-    torch.save(model_state(model), out / "checkpoint.pth")
-    return out / "checkpoint.pth"
-
-
-def evaluate(args, checkpoint, out):
-    """test.py on the ``synthetic`` test set; returns the exact-search mAP per protocol (percent)."""
-    report = evaluation.main(["--checkpoint", str(checkpoint), "--data-root", args.data_dir,
-                              "--datasets", "synthetic", "--imsize", str(args.test_imsize), "--device", "cpu",
-                              "--workers", str(args.workers), "--output-dir", str(out)])
-    exact = report["datasets"]["synthetic"]["runs"]["exact"]
-    return {p: exact[p]["mAP"] for p in PROTOCOLS}
+def run_models(recipe, jobs):
+    """The table's rows, in MODELS order; the two trainings start first."""
+    order = sorted(MODELS, key=lambda name: MODELS[name][1] is None)
+    if jobs == 1:
+        rows = {name: run_model(recipe, name) for name in order}
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(run_model, recipe, name) for name in order}
+            rows = {name: future.result() for name, future in futures.items()}
+    return {name: rows[name] for name in MODELS}
 
 
 def table(rows):
@@ -112,38 +133,39 @@ def table(rows):
     return "\n".join(lines)
 
 
-def figures(args, token_dir):
-    out = Path(args.run_dir) / "figures"
-    test_images = sorted((Path(args.data_dir) / "test" / "synthetic" / "jpg").glob("query_*.jpg"))[:3]
-    visualize(["curves", "--metrics", str(token_dir / "metrics.csv"), "--out", str(out / "training_curves.png")])
-    visualize(["retrievals", "--data-root", args.data_dir, "--dataset", "synthetic",
-               "--features", str(token_dir / "eval" / "features"), "--out", str(out / "retrievals.png")])
-    visualize(["attention", "--checkpoint", str(token_dir / "last.pth"), "--images", *map(str, test_images),
-               "--imsize", str(args.test_imsize), "--out", str(out / "attention.png")])
-    if args.figures_dir:
-        Path(args.figures_dir).mkdir(parents=True, exist_ok=True)
-        for png in out.glob("*.png"):
-            shutil.copy(png, Path(args.figures_dir) / png.name)
+def figures(recipe, figures_dir):
+    """The Token's training curves, top retrievals and attention maps; the paths of the PNGs written."""
+    token = Path(recipe.run_dir) / MODELS["trained Token"][0]
+    out = Path(recipe.run_dir) / "figures"
+    queries = sorted((Path(recipe.data_root) / "test" / "synthetic" / "jpg").glob("query_*.jpg"))[:3]
+    written = [plot_training_curves(token / "metrics.csv", out / "training_curves.png"),
+               plot_retrievals(recipe.data_root, "synthetic", token / "eval" / "features", out / "retrievals.png"),
+               plot_attention(load_token(token / "last.pth"), queries, out / "attention.png", recipe.test_imsize)]
+    if figures_dir:
+        Path(figures_dir).mkdir(parents=True, exist_ok=True)
+        written += [shutil.copy(png, Path(figures_dir) / Path(png).name) for png in list(written)]
+    return [Path(png) for png in written]
 
 
 @fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.quick:
-        args.epochs, args.dim, args.out_dim, args.imsize, args.test_imsize, args.batch_size = 1, 32, 32, 64, 64, 8
-        args.run_dir, args.data_dir = str(Path(args.run_dir) / "quick"), str(Path(args.data_dir) / "quick")
+    if args.jobs < 1:
+        raise InputError(f"--jobs {args.jobs}: at least 1")
+    recipe = recipe_of(args)
+    for name, (_, aggregation) in MODELS.items():  # bad settings stop here, before minutes of work
+        if aggregation:
+            training_args(recipe, name)
     start = time.time()
-    ensure_generated(args.data_dir, seed=args.seed, **world_size(args))
-    rows = {"untrained Token": evaluate(args, untrained_model(args), Path(args.run_dir) / "untrained" / "eval")}
-    for name, aggregation in (("Token", "tokens"), ("GeM baseline", "gem")):
-        run = train_model(args, name.split()[0].lower(), aggregation)
-        rows[f"trained {name}"] = evaluate(args, run / "last.pth", run / "eval")
-    figures(args, Path(args.run_dir) / "token")
+    ensure_generated(recipe.data_root, seed=recipe.seed, **recipe.world)
+    rows = run_models(recipe, args.jobs)
+    written = figures(recipe, args.figures_dir)
     minutes = (time.time() - start) / 60
-    print(f"\nmAP (%) on the synthetic benchmark, {minutes:.1f} min on {torch.get_num_threads()} threads\n")
+    print(f"\nmAP (%) on the synthetic benchmark, {minutes:.1f} min with {args.jobs} process(es) of one thread\n")
     print(table(rows))
-    summary = {"mAP": rows, "minutes": minutes, "args": vars(args)}
-    (Path(args.run_dir) / "results.json").write_text(json.dumps(summary, indent=2))
+    summary = {"mAP": rows, "minutes": minutes, "jobs": args.jobs, "recipe": recipe.__dict__}
+    save_json(Path(recipe.run_dir) / "results.json", summary)
+    print("\nwrote " + ", ".join(map(str, [Path(recipe.run_dir) / "results.json", *written])))
     return summary
 
 

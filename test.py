@@ -107,7 +107,7 @@ def load_datasets(args):
 
 def load_model(args, env):
     model = prepare_model(load_token(args.checkpoint), env.device)
-    dim = model.config["out_dim"]
+    dim = model.config.out_dim
     if args.pq is not None and dim % args.pq:
         raise InputError(f"--pq {args.pq} must divide the descriptor size {dim}")
     return model, dim
@@ -197,7 +197,7 @@ def evaluate(args, env, output_dir):
     datasets, distractors = load_datasets(args)
     model, dim = load_model(args, env)
     store = FeatureStore(output_dir / "features", env)
-    report = {"checkpoint": str(args.checkpoint), "model_config": model.config, "imsize": args.imsize,
+    report = {"checkpoint": str(args.checkpoint), "model_config": model.config.to_dict(), "imsize": args.imsize,
               "scales": args.scales, "amp": args.amp, "device": str(env.device), "processes": env.world_size,
               "datasets": {}}
     if distractors is not None:

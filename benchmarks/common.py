@@ -136,11 +136,11 @@ def benchmark_model(checkpoint, seed=0):
 
     if checkpoint and Path(checkpoint).is_file():
         model = load_token(checkpoint)
-        return model, {"checkpoint": str(checkpoint), "fallback": False, "config": model.config,
+        return model, {"checkpoint": str(checkpoint), "fallback": False, "config": model.config.to_dict(),
                        "note": f"model: {checkpoint}"}
     torch.manual_seed(seed)
-    model = Token(FALLBACK_BACKBONE, pretrained=False).eval()
+    model = Token(backbone=FALLBACK_BACKBONE, pretrained=False).eval()
     note = (f"NOTE: checkpoint {checkpoint} not found (python demo.py trains it): using a freshly initialised "
-            f"{FALLBACK_BACKBONE} Token (random weights, seed {seed}, {model.config['out_dim']}-d descriptors), "
+            f"{FALLBACK_BACKBONE} Token (random weights, seed {seed}, {model.config.out_dim}-d descriptors), "
             "not a trained model")
-    return model, {"checkpoint": None, "fallback": True, "seed": seed, "config": model.config, "note": note}
+    return model, {"checkpoint": None, "fallback": True, "seed": seed, "config": model.config.to_dict(), "note": note}
