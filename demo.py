@@ -25,15 +25,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-from datasets.synthetic import ensure_generated
-from networks import Token, TokenConfig, load_token
-from networks.checkpoint import model_state, save_checkpoint
 from retrieval.evaluation import EvalSettings, evaluate_checkpoint
 from retrieval.features import save_json
 from retrieval.figures import plot_attention, plot_retrievals
 from retrieval.revisited import PROTOCOLS
-from training.options import check_args, get_args_parser as train_parser
+
+from datasets.synthetic import ensure_generated
+from networks import Token, TokenConfig, load_token
+from networks.checkpoint import model_state, save_checkpoint
+from training.options import check_args
+from training.options import get_args_parser as train_parser
 from training.recipes import DEMO, QUICK
 from training.run import train
 from utils.distributed import DistEnv
@@ -54,7 +55,8 @@ def get_args_parser():
                         help=f"data root that receives the synthetic world (default: {DEMO.data_root}, "
                              f"{QUICK.data_root} with --quick)")
     parser.add_argument("--run-dir", default=None,
-                        help=f"folder that receives every output (default: {DEMO.run_dir}, {QUICK.run_dir} with --quick)")
+                        help=f"folder that receives every output (default: {DEMO.run_dir}, {QUICK.run_dir} with "
+                             "--quick)")
     parser.add_argument("--seed", type=int, default=DEMO.seed, help="seed of the world and of every model")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"training epochs of each model (default: the recipe's, {DEMO.epochs})")

@@ -7,7 +7,7 @@
 #   NPROC        GPUs (processes) on this node [4]
 #   NNODES       nodes [1];  NODE_RANK  this node's rank, 0 .. NNODES-1 [0]
 #   MASTER_ADDR  address of node 0 [127.0.0.1];  MASTER_PORT  a free port on node 0 [29500]
-#   DATA_ROOT    GLDv2 directory (train_clean.csv, train/) [data/gldv2]
+#   DATA_ROOT    data root holding Google-landmark-v2/ (or that folder itself), as test.py's [data]
 #   OUTPUT_DIR   checkpoints, metrics.csv, training_curves.png [runs/r101-token]
 #   TORCHRUN     the launcher [torchrun]
 # With NNODES=2, run it on both nodes with the same MASTER_ADDR/MASTER_PORT and NODE_RANK=0 and 1: the global
@@ -19,7 +19,7 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-DATA_ROOT=${DATA_ROOT:-data/gldv2}
+DATA_ROOT=${DATA_ROOT:-data}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/r101-token}
 TORCHRUN=${TORCHRUN:-torchrun}
 

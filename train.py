@@ -1,6 +1,6 @@
 """Train Token on GLDv2-clean with ArcFace, in one process or one process per GPU under torchrun.
 
-    python train.py --data-root data --output-dir runs/token
+    python train.py --data-root data --output-dir runs/token     # data/Google-landmark-v2/train_clean.csv ...
     torchrun --nproc_per_node 4 train.py --data-root data --output-dir runs/token
     sh experiment.sh   # the paper's recipe: 4 GPUs, global batch 128, 512 px crops, 30 epochs, ResNet-101
 

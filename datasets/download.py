@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from datasets.revisitop import R1M, load_revisitop
+from datasets.revisitop import R1M, dataset_dir, gnd_path, images_dir, load_revisitop
 from utils.errors import InputError, fail_cleanly
 
 OXFORD_URL = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings"
@@ -152,9 +152,9 @@ def extract(archive, images_dir, flatten):
 
 def download_revisitop(data_root, name, images_url, gnd_url=GND_URL):
     """ROxf or RPar: ground truth, then (unless every listed image is there) the image archives."""
-    root = Path(data_root) / "test" / name
-    (root / "jpg").mkdir(parents=True, exist_ok=True)
-    gnd = root / f"gnd_{name}.pkl"
+    root = dataset_dir(data_root, name)
+    images_dir(data_root, name).mkdir(parents=True, exist_ok=True)
+    gnd = gnd_path(data_root, name)
     fetch(f"{gnd_url}/{name}/gnd_{name}.pkl", gnd)
     try:
         dataset = load_revisitop(data_root, name)
@@ -165,7 +165,7 @@ def download_revisitop(data_root, name, images_url, gnd_url=GND_URL):
         for archive in archives:
             fetch(f"{images_url}/{archive}", root / archive)
         for archive in archives:
-            extract(root / archive, root / "jpg", flatten=True)
+            extract(root / archive, images_dir(data_root, name), flatten=True)
     dataset.check_images()
     for archive in archives:
         (root / archive).unlink(missing_ok=True)
@@ -174,8 +174,8 @@ def download_revisitop(data_root, name, images_url, gnd_url=GND_URL):
 
 def download_r1m(data_root, url=R1M_URL):
     """The R1M distractors: the image list, then each part not yet marked done (downloaded, extracted, deleted)."""
-    root = Path(data_root) / "test" / R1M
-    (root / "jpg").mkdir(parents=True, exist_ok=True)
+    root = dataset_dir(data_root, R1M)
+    images_dir(data_root, R1M).mkdir(parents=True, exist_ok=True)
     fetch(f"{url}/{R1M}.txt", root / f"{R1M}.txt")
     parts = R1M_PARTS
     for i in range(1, parts + 1):
@@ -184,7 +184,7 @@ def download_r1m(data_root, url=R1M_URL):
         if done.exists():
             continue
         fetch(f"{url}/jpg/{archive.name}", archive, desc=f"[{i}/{parts}] {archive.name}")
-        extract(archive, root / "jpg", flatten=False)
+        extract(archive, images_dir(data_root, R1M), flatten=False)
         done.touch()
         archive.unlink()
     dataset = load_revisitop(data_root, R1M)
@@ -200,7 +200,9 @@ def _parser():
         description="Download ROxf/RPar (and with --r1m the 1M distractors) into DATA_ROOT/test/<name>/. "
                     "Interrupted downloads resume; finished steps are skipped on a rerun.")
     revisitop.add_argument("--data-root", required=True, type=Path,
-                           help="data folder; the images and ground truth go to DATA_ROOT/test/<name>/")
+                           help="the data root shared with train.py and test.py (GLDv2 in "
+                                "DATA_ROOT/Google-landmark-v2/); the images and ground truth go to "
+                                "DATA_ROOT/test/<name>/")
     revisitop.add_argument("--datasets", nargs="*", choices=sorted(ARCHIVES), default=sorted(ARCHIVES),
                            help="which test sets to fetch (default: both; give none with --r1m for R1M only)")
     revisitop.add_argument("--r1m", action="store_true",

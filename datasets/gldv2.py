@@ -1,16 +1,19 @@
 """Google Landmarks v2 (clean) for training: annotations, a cached train/val split, transforms, a dataset.
 
-Layout under ``root`` (as the CVDF download unpacks it)::
+Layout (the authors'): the data root ``DIR`` holds the GLDv2 folder ``DIR/Google-landmark-v2`` (``GLDV2_DIR``),
+which holds, as the CVDF download unpacks it::
 
     train_clean.csv   landmark_id,images        images = space-separated image ids
     train.csv         id,url,landmark_id        one image a row
     train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg
 
-``load_gldv2`` reads either CSV, drops images missing on disk, relabels the landmarks to 0..C-1 (ascending
-original id), splits each landmark's images 80/20 into train/val and caches the result in ``cache_dir``:
-``GLDv2-clean-train-split.pkl``, ``GLDv2-clean-val-split.pkl`` and the label map ``GLDv2-clean-label-map.csv``.
-A cache is reused only when it was made from the same CSV (name, size, mtime) with the same seed and val
-fraction; delete it to rescan the image tree after adding images.
+``resolve_gldv2_root`` accepts either the data root or the GLDv2 folder itself (the folder that holds the CSV)
+and logs which it used. ``load_gldv2`` reads either CSV, drops images missing on disk, relabels the landmarks
+to 0..C-1 (ascending original id), splits each landmark's images 80/20 into train/val and caches the result in
+``cache_dir`` (default: the GLDv2 folder): ``GLDv2-clean-train-split.pkl``, ``GLDv2-clean-val-split.pkl`` and
+the label map ``GLDv2-clean-label-map.csv`` (``SPLIT_CACHE_FILES``). A cache is reused only when it was made
+from the same CSV (name, size, mtime) with the same seed and val fraction; delete it to rescan the image tree
+after adding images.
 """
 
 import hashlib
@@ -34,11 +37,16 @@ from utils.safe_pickle import safe_load
 
 log = logging.getLogger(__name__)
 
+GLDV2_DIR = "Google-landmark-v2"  # the GLDv2 folder's name under the data root
+TRAIN_CLEAN_CSV = "train_clean.csv"
+TRAIN_CSV = "train.csv"
+IMAGES_DIR = "train"  # the image tree under the GLDv2 folder
 LAYOUT = ("train_clean.csv (landmark_id,images) or train.csv (id,url,landmark_id) "
           "and images at train/<id[0]>/<id[1]>/<id[2]>/<id>.jpg")
 TRAIN_CACHE = "GLDv2-clean-train-split.pkl"
 VAL_CACHE = "GLDv2-clean-val-split.pkl"
 LABEL_MAP = "GLDv2-clean-label-map.csv"
+SPLIT_CACHE_FILES = (TRAIN_CACHE, VAL_CACHE, LABEL_MAP)  # what load_gldv2 writes to its cache_dir
 _IMAGE_ID = r"[\w-]{3,}"
 _LANDMARK_ID = r"\d{1,18}"
 _FIRST_LINE = 2  # the CSV header is line 1
@@ -46,27 +54,47 @@ _FIRST_LINE = 2  # the CSV header is line 1
 
 @dataclass
 class GLDv2Split:
-    """Train/val samples as (image path relative to the GLDv2 root, label), labels in 0..num_classes-1."""
+    """Train/val samples as (image path relative to ``root``, label), labels in 0..num_classes-1.
+
+    ``root`` is the GLDv2 folder the split was read from (``resolve_gldv2_root``): read the images from there.
+    """
 
     train: list
     val: list
     num_classes: int
     label_map: dict  # original landmark_id -> label
+    root: Path | None = None
 
 
 def image_path(image_id):
-    """The image's path relative to the GLDv2 root: ``train/a/b/c/abc....jpg``."""
-    return f"train/{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
+    """The image's path relative to the GLDv2 folder: ``train/a/b/c/abc....jpg``."""
+    return f"{IMAGES_DIR}/{image_id[0]}/{image_id[1]}/{image_id[2]}/{image_id}.jpg"
 
 
-def load_gldv2(root, csv="train_clean.csv", seed=0, val_fraction=0.2, cache_dir=None):
-    """Load the GLDv2 train/val split of ``root/csv``, building and caching it in ``cache_dir`` (default root)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root} not found: expected a GLDv2 directory with {LAYOUT}")
+def resolve_gldv2_root(data_root, csv=TRAIN_CLEAN_CSV):
+    """The GLDv2 folder for ``data_root``: ``data_root/Google-landmark-v2`` when that holds ``csv`` (the authors'
+    data root), else ``data_root`` itself when it holds ``csv`` (the GLDv2 folder given directly).
+
+    Logs which was used. Raises ``InputError`` naming both paths tried when neither holds ``csv``.
+    """
+    data_root = Path(data_root)
+    nested = data_root / GLDV2_DIR
+    for folder, meaning in ((nested, "the data root"), (data_root, "the GLDv2 folder itself")):
+        if (folder / csv).is_file():
+            log.info("GLDv2 folder: %s (%s taken as %s)", folder, data_root, meaning)
+            return folder
+    expected = (f"expected the data root (holding {GLDV2_DIR}/{csv}) or the GLDv2 folder itself (holding {csv}), "
+                f"with {LAYOUT}")
+    if not data_root.is_dir():
+        raise InputError(f"{data_root} not found: {expected}")
+    raise InputError(f"{nested / csv} and {data_root / csv} not found: {expected}")
+
+
+def load_gldv2(root, csv=TRAIN_CLEAN_CSV, seed=0, val_fraction=0.2, cache_dir=None):
+    """Load the GLDv2 train/val split of ``csv``, building and caching it in ``cache_dir`` (default: the GLDv2
+    folder). ``root``: the data root or the GLDv2 folder itself (see ``resolve_gldv2_root``)."""
+    root = resolve_gldv2_root(root, csv)
     csv_path = root / csv
-    if not csv_path.is_file():
-        raise InputError(f"{csv_path} not found: expected {LAYOUT}")
     if not 0 < val_fraction < 1:
         raise InputError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
     cache_dir = Path(cache_dir) if cache_dir is not None else root
@@ -82,7 +110,8 @@ def load_gldv2(root, csv="train_clean.csv", seed=0, val_fraction=0.2, cache_dir=
     return GLDv2Split(train=[(image_path(i), label) for i, label in train],
                       val=[(image_path(i), label) for i, label in val],
                       num_classes=len(landmark_ids),
-                      label_map={lid: label for label, lid in enumerate(landmark_ids)})
+                      label_map={lid: label for label, lid in enumerate(landmark_ids)},
+                      root=root)
 
 
 # ---------------------------------------------------------------- annotations
@@ -175,7 +204,7 @@ def find_missing(root, image_ids):
         ids_by_dir[image_id[:3]].append(image_id)
     missing = []
     for prefix, ids in ids_by_dir.items():
-        present = _file_names(Path(root, "train", *prefix))
+        present = _file_names(Path(root, IMAGES_DIR, *prefix))
         missing += [i for i in ids if f"{i}.jpg" not in present]
     return missing
 

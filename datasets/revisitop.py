@@ -24,6 +24,8 @@ from utils.errors import InputError
 from utils.safe_pickle import safe_load
 
 R1M = "revisitop1m"
+TEST_DIR = "test"  # the test sets' folder under the data root
+IMAGES_DIR = "jpg"  # a test set's image folder
 
 _LAYOUT = ("<data_root>/test/<name>/gnd_<name>.pkl and <data_root>/test/<name>/jpg/ "
            "(python -m datasets.download revisitop builds it)")
@@ -35,6 +37,21 @@ _INDEX_KEYS = ("easy", "hard", "junk")
 def _image_file(images_dir, entry):
     """The file of a list entry: relative to ``jpg/``, ``.jpg`` appended when the entry has no extension."""
     return images_dir / (entry if PurePosixPath(entry).suffix else entry + ".jpg")
+
+
+def dataset_dir(data_root, name):
+    """The folder of test set ``name`` under ``data_root``: ``<data_root>/test/<name>``."""
+    return Path(data_root) / TEST_DIR / name
+
+
+def images_dir(data_root, name):
+    """The image folder of test set ``name``: ``<data_root>/test/<name>/jpg``."""
+    return dataset_dir(data_root, name) / IMAGES_DIR
+
+
+def gnd_path(data_root, name):
+    """The ground truth of test set ``name``: ``<data_root>/test/<name>/gnd_<name>.pkl``."""
+    return dataset_dir(data_root, name) / f"gnd_{name}.pkl"
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,7 @@ class RevisitopDataset:
 
     @property
     def images_dir(self):
-        return self.root / "jpg"
+        return self.root / IMAGES_DIR
 
     def db_paths(self):
         return [_image_file(self.images_dir, entry) for entry in self.imlist]
@@ -85,14 +102,14 @@ def load_revisitop(data_root, name):
     (``check_images`` checks they exist).
     """
     data_root = Path(data_root)
-    root = data_root / "test" / name
+    root = dataset_dir(data_root, name)
     layout = _R1M_LAYOUT if name == R1M else _LAYOUT
-    for path in (data_root, root, root / "jpg"):
+    for path in (data_root, root, root / IMAGES_DIR):
         if not path.is_dir():
             raise InputError(f"{path} not found: expected the layout {layout}")
     if name == R1M:
         return RevisitopDataset(name, root, _read_image_list(root / f"{R1M}.txt"), [], [])
-    pkl = root / f"gnd_{name}.pkl"
+    pkl = gnd_path(data_root, name)
     if not pkl.is_file():
         raise InputError(f"{pkl} not found: expected the layout {layout}")
     imlist, qimlist, gnd = _parse_gnd(safe_load(pkl), pkl)

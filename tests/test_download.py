@@ -229,3 +229,5 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--data-root", "--datasets", "--r1m", "--oxford-url", "--paris-url", "--gnd-url", "--r1m-url"):
         assert flag in text
+    # --data-root is the one data root of train.py and test.py: the test sets go to DATA_ROOT/test/<name>/.
+    assert "DATA_ROOT/test/<name>/" in text and "DATA_ROOT/Google-landmark-v2/" in text

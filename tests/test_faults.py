@@ -55,7 +55,7 @@ import torch
 from PIL import Image
 
 import utils.features as features_module
-from datasets.gldv2 import LandmarkImages, load_gldv2
+from datasets.gldv2 import GLDV2_DIR, LandmarkImages, load_gldv2
 from datasets.images import ImageReadError, load_rgb, to_normalized_tensor
 from datasets.revisitop import RevisitopImages, load_revisitop
 from networks import Token, load_token
@@ -82,7 +82,10 @@ def one_error_line(stderr):
 
 @pytest.fixture(scope="module")
 def gldv2(tmp_path_factory):
-    return small_set(tmp_path_factory.mktemp("gldv2"))
+    """A data root in the authors' layout: the small set in DIR/Google-landmark-v2, as train.py's --data-root."""
+    root = tmp_path_factory.mktemp("data")
+    small_set(root / GLDV2_DIR)
+    return root
 
 
 class _RunsCode:

@@ -13,13 +13,16 @@ from torch.utils.data import DataLoader
 
 from datasets import gldv2
 from datasets.gldv2 import (
+    GLDV2_DIR,
     LABEL_MAP,
+    SPLIT_CACHE_FILES,
     TRAIN_CACHE,
     VAL_CACHE,
     LandmarkImages,
     collate_skip_bad,
     image_path,
     load_gldv2,
+    resolve_gldv2_root,
     train_transform,
     val_transform,
 )
@@ -224,6 +227,46 @@ def test_missing_root_or_csv_names_the_path_and_layout(tmp_path):
         load_gldv2(tmp_path / "nowhere")
     with pytest.raises(InputError, match=r"train_clean.csv not found: .*landmark_id,images"):
         load_gldv2(tmp_path)
+
+
+def test_the_data_root_or_the_gldv2_folder_itself_is_resolved_and_logged(tmp_path, caplog):
+    data_root = tmp_path / "data"
+    gldv2_root = data_root / GLDV2_DIR
+    assert GLDV2_DIR == "Google-landmark-v2"
+    gldv2_root.mkdir(parents=True)
+    (gldv2_root / "train_clean.csv").write_text("landmark_id,images\n")
+    with caplog.at_level(logging.INFO, logger="datasets.gldv2"):
+        assert resolve_gldv2_root(data_root) == gldv2_root
+        assert f"GLDv2 folder: {gldv2_root} ({data_root} taken as the data root)" in caplog.text
+        caplog.clear()
+        assert resolve_gldv2_root(gldv2_root) == gldv2_root
+        assert f"({gldv2_root} taken as the GLDv2 folder itself)" in caplog.text
+    (gldv2_root / "train.csv").write_text("id,url,landmark_id\n")
+    assert resolve_gldv2_root(str(data_root), "train.csv") == gldv2_root
+
+
+def test_load_gldv2_reads_the_images_from_the_resolved_folder(gldv2_root, tmp_path):
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    (gldv2_root).rename(data_root / GLDV2_DIR)
+    split = load_gldv2(data_root, cache_dir=tmp_path / "cache")
+    assert split.root == data_root / GLDV2_DIR
+    assert load_gldv2(data_root / GLDV2_DIR, cache_dir=tmp_path / "cache").train == split.train
+    assert split.train and all((split.root / path).is_file() for path, _ in split.train + split.val)
+    default_cache = load_gldv2(data_root)  # the cache defaults to the GLDv2 folder, not the data root
+    assert default_cache.root == split.root
+    assert all((split.root / name).is_file() for name in SPLIT_CACHE_FILES)
+    assert not any((data_root / name).exists() for name in SPLIT_CACHE_FILES)
+
+
+def test_neither_folder_holding_the_csv_is_one_clear_error(tmp_path):
+    (tmp_path / GLDV2_DIR).mkdir()
+    with pytest.raises(InputError) as err:
+        resolve_gldv2_root(tmp_path, "train.csv")
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{tmp_path / GLDV2_DIR / 'train.csv'} and {tmp_path / 'train.csv'} not found" in message
+    assert "data root" in message and "GLDv2 folder itself" in message and "landmark_id" in message
 
 
 def test_bad_val_fraction_and_unwritable_cache(gldv2_root, tmp_path):

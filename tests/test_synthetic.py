@@ -1,12 +1,14 @@
 import csv
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from datasets import synthetic
+from datasets.gldv2 import GLDV2_DIR
 from datasets.synthetic import MARKER, TEST_NAME, ensure_generated, generate, label_view, main
 from utils.safe_pickle import safe_load
 
@@ -30,8 +32,9 @@ def _read_csv(path):
 
 
 def _train_tables(root):
-    clean = _read_csv(root / "train_clean.csv")
-    full = _read_csv(root / "train.csv")
+    """``(train_clean.csv, train.csv)`` rows of the world in the data root ``root``."""
+    clean = _read_csv(root / GLDV2_DIR / "train_clean.csv")
+    full = _read_csv(root / GLDV2_DIR / "train.csv")
     return clean, full
 
 
@@ -54,15 +57,15 @@ def test_gldv2_layout_and_csvs_agree(world):
     assert by_full == by_clean
     for i in by_clean:
         assert re.fullmatch(r"[0-9a-f]{16}", i)
-        path = root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg"
+        path = root / GLDV2_DIR / "train" / i[0] / i[1] / i[2] / f"{i}.jpg"
         assert path.is_file()
-    on_disk = {p.stem for p in (root / "train").rglob("*") if p.is_file()}
+    on_disk = {p.stem for p in (root / GLDV2_DIR / "train").rglob("*") if p.is_file()}
     assert on_disk == set(by_clean)
     assert all(r[1].startswith("synthetic://") for r in full[1:])
 
 
 def test_images_are_small_jpegs_of_varied_shape(world):
-    paths = sorted((world.root / "train").rglob("*.jpg")) + sorted((world.root / "test").rglob("*.jpg"))
+    paths = sorted(world.train_dir.rglob("*.jpg")) + sorted((world.root / "test").rglob("*.jpg"))
     sizes = set()
     for p in paths:
         with Image.open(p) as im:
@@ -134,7 +137,7 @@ def test_same_seed_same_bytes_any_workers_other_seed_differs(world, tmp_path):
     assert _files(again.root) == _files(world.root)
     other = generate(tmp_path / "other", seed=4, workers=1, **TINY)
     a, b = _files(world.root), _files(other.root)
-    assert a["train_clean.csv"] != b["train_clean.csv"]
+    assert a[f"{GLDV2_DIR}/train_clean.csv"] != b[f"{GLDV2_DIR}/train_clean.csv"]
     assert not {k for k in a if k.endswith(".jpg")} & {k for k in b if k.endswith(".jpg")}
 
 
@@ -149,7 +152,7 @@ def test_marker_makes_reuse_a_no_op_and_regeneration_follows_changes(tmp_path):
 
     # No marker: a partial folder, regenerated from scratch (stray files in our folders go).
     (root / MARKER).unlink()
-    stray = root / "train" / "f" / "f" / "f" / "ffffffffffffffff.jpg"
+    stray = root / GLDV2_DIR / "train" / "f" / "f" / "f" / "ffffffffffffffff.jpg"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"partial")
     keep = root / "test" / "roxford5k" / "keep.txt"
@@ -164,8 +167,74 @@ def test_marker_makes_reuse_a_no_op_and_regeneration_follows_changes(tmp_path):
     assert fourth.generated and fourth.counts["train_landmarks"] == 4
     clean, _ = _train_tables(root)
     assert len(clean) == 5
-    assert {p.stem for p in (root / "train").rglob("*.jpg")} == {i for r in clean[1:] for i in r[1].split()}
+    on_disk = {p.stem for p in (root / GLDV2_DIR / "train").rglob("*.jpg")}
+    assert on_disk == {i for r in clean[1:] for i in r[1].split()}
     assert old != set(_files(root))
+
+
+def test_the_world_has_the_authors_layout(world):
+    """One data root: DIR/Google-landmark-v2/{train_clean.csv,train.csv,train/a/b/c/<id>.jpg} and DIR/test/<name>."""
+    root = world.root
+    assert sorted(p.name for p in root.iterdir()) == sorted([GLDV2_DIR, "test", MARKER, synthetic.META,
+                                                             ".synthetic.lock"])
+    gldv2_root = root / GLDV2_DIR
+    assert world.gldv2_root == gldv2_root
+    assert world.train_clean_csv == gldv2_root / "train_clean.csv" and world.train_clean_csv.is_file()
+    assert world.train_csv == gldv2_root / "train.csv" and world.train_csv.is_file()
+    assert world.train_dir == gldv2_root / "train" and world.train_dir.is_dir()
+    assert sorted(p.name for p in gldv2_root.iterdir()) == ["train", "train.csv", "train_clean.csv"]
+    assert world.test_root == root / "test" and world.test_name == TEST_NAME == "synthetic"
+    assert world.gnd_path == root / "test" / "synthetic" / "gnd_synthetic.pkl" and world.gnd_path.is_file()
+    assert sorted(p.name for p in (root / "test" / "synthetic").iterdir()) == ["gnd_synthetic.pkl", "jpg"]
+    _, full = _train_tables(root)
+    ids = sorted(r[0] for r in full[1:])
+    paths = world.train_image_paths()
+    assert paths == [gldv2_root / "train" / i[0] / i[1] / i[2] / f"{i}.jpg" for i in ids]
+    assert all(path.is_file() for path in paths)
+    assert sorted(world.train_dir.rglob("*.jpg")) == sorted(paths)
+
+
+def test_annotations_are_written_atomically(tmp_path, monkeypatch):
+    """Every CSV, pickle and JSON goes through atomic_write (a kill leaves no half file), and no temp file stays."""
+    from datasets.synthetic import world as world_module
+
+    written = []
+    real = world_module.atomic_write
+
+    def recording(path, write):
+        written.append(Path(path))
+        real(path, write)
+
+    monkeypatch.setattr(world_module, "atomic_write", recording)
+    made = generate(tmp_path / "w", seed=7, workers=1, **{**TINY, "num_train_landmarks": 2, "num_distractors": 2})
+    assert sorted(written) == sorted([made.train_clean_csv, made.train_csv, made.gnd_path,
+                                      made.root / synthetic.META, made.root / MARKER])
+    assert written[-1] == made.root / MARKER, "the marker is written last"
+    assert not [p for p in made.root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_regeneration_deletes_only_its_own_outputs_and_an_old_layout(tmp_path):
+    """A world of the old layout (GLDv2 files at the top of the root) is replaced; nothing else is touched."""
+    root = tmp_path / "w"
+    old = {"train_clean.csv": "landmark_id,images\n", "train.csv": "id,url,landmark_id\n",
+           "train/a/b/c/abc.jpg": "old", "GLDv2-clean-train-split.pkl": "old cache", synthetic.META: "{}"}
+    for relative, text in old.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    (root / MARKER).write_text(json.dumps({"params": {"version": 1}, "counts": {}}))
+    mine = {"notes.txt": "mine", f"{GLDV2_DIR}/index.csv": "mine too", "test/roxford5k/gnd_roxford5k.pkl": "x"}
+    for relative, text in mine.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    (root / GLDV2_DIR / "GLDv2-clean-val-split.pkl").write_text("a stale split of the old training set")
+
+    made = ensure_generated(root, seed=1, workers=1, **TINY)
+    assert made.generated
+    assert not any((root / relative).exists() for relative in ("train_clean.csv", "train.csv", "train",
+                                                               "GLDv2-clean-train-split.pkl"))
+    assert not (root / GLDV2_DIR / "GLDv2-clean-val-split.pkl").exists()
+    assert all((root / relative).read_text() == text for relative, text in mine.items())
+    assert json.loads((root / MARKER).read_text())["params"]["version"] == synthetic.VERSION
 
 
 def test_label_rules():
@@ -191,6 +260,16 @@ def test_bad_parameters_are_refused(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         generate(tmp_path, **{**TINY, "image_size": (64, 80)})
     assert not (tmp_path / MARKER).exists()
+
+
+def test_module_entry_point_help():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "datasets.synthetic", "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert done.returncode == 0 and "--root" in done.stdout and GLDV2_DIR in done.stdout
+    assert "Warning" not in done.stderr
 
 
 def test_cli(tmp_path, capsys):
@@ -238,14 +317,15 @@ def test_the_world_loads_through_the_real_loaders(world, tmp_path):
     from datasets.revisitop import RevisitopImages, load_revisitop
 
     root = world.root
-    split = load_gldv2(root, cache_dir=tmp_path)
-    clean = _read_csv(root / "train_clean.csv")[1:]  # landmark_id,images
+    split = load_gldv2(root, cache_dir=tmp_path)  # the data root
+    assert split.root == world.gldv2_root
+    clean = _read_csv(world.train_clean_csv)[1:]  # landmark_id,images
     assert split.num_classes == len(clean)
     landmark_of = {img: int(landmark) for landmark, images in clean for img in images.split()}
     assert len(split.train) + len(split.val) == len(landmark_of)
     for path, label in split.train + split.val:
         assert split.label_map[landmark_of[path.rsplit("/", 1)[1][:-4]]] == label
-        assert (root / path).is_file()
+        assert (split.root / path).is_file()
 
     test = load_revisitop(root, "synthetic")
     test.check_images()

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 import train
 import training.run
-from datasets.gldv2 import LandmarkImages, collate_skip_bad, image_path, load_gldv2, val_transform
+from datasets.gldv2 import GLDV2_DIR, LandmarkImages, collate_skip_bad, image_path, load_gldv2, val_transform
 from networks import Token, load_token
 from networks.checkpoint import load_training_state, save_checkpoint
 from tests.conftest import ROOT
@@ -101,6 +101,39 @@ def test_bad_data_root_exits_2_with_one_line(tmp_path, capsys):
     assert stop.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nowhere" in lines[0]
+
+
+def test_data_root_or_the_gldv2_folder_itself_is_accepted_and_logged(tmp_path, caplog):
+    """--data-root is the authors' data root (DIR/Google-landmark-v2/...), as test.py's; the GLDv2 folder works too."""
+    data_root = tmp_path / "data"
+    gldv2_root = small_set(data_root / GLDV2_DIR)
+    caplog.set_level("INFO")
+    run(data_root, tmp_path / "run", "--epochs", "1")
+    assert f"GLDv2 folder: {gldv2_root} ({data_root} taken as the data root)" in caplog.text
+    [row] = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert int(row["step"]) == STEPS_PER_EPOCH and int(row["skipped_images"]) == 0
+
+    caplog.clear()
+    env = DistEnv(0, 1, torch.device("cpu"))
+    args = train.get_args_parser().parse_args([*TINY, "--data-root", str(gldv2_root), "--output-dir", str(tmp_path)])
+    split, train_loader, _ = training.run.build_data(args, env, 4)
+    assert f"GLDv2 folder: {gldv2_root} ({gldv2_root} taken as the GLDv2 folder itself)" in caplog.text
+    assert split.root == gldv2_root and train_loader.dataset.root == gldv2_root
+    assert len(split.train) == STEPS_PER_EPOCH * 4 + 1
+
+
+def test_neither_data_root_nor_gldv2_folder_names_both_paths(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path / "data", tmp_path / "run")
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert str(tmp_path / "data" / GLDV2_DIR / "train_clean.csv") in line
+    assert str(tmp_path / "data" / "train_clean.csv") in line and "data root" in line
+
+
+def test_data_root_defaults_to_data_as_test_py():
+    assert train.get_args_parser().get_default("data_root") == "data"
 
 
 def test_two_processes_under_torchrun_train_and_evaluate_every_val_image_once(data, tmp_path):

@@ -24,13 +24,14 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description="Train Token on GLDv2-clean with ArcFace, in one process or one "
                                      "process per GPU under torchrun.", formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--data-root", default="data/gldv2",
-                      help="GLDv2 directory: train_clean.csv or train.csv, images at train/a/b/c/<id>.jpg")
+    data.add_argument("--data-root", default="data",
+                      help="data root holding Google-landmark-v2/ (train_clean.csv or train.csv, images at "
+                           "train/a/b/c/<id>.jpg), as test.py's; the Google-landmark-v2 folder itself works too")
     data.add_argument("--csv", default="train_clean.csv",
-                      help="annotation file in --data-root: train_clean.csv (landmark_id,images) or train.csv "
+                      help="annotation file in the GLDv2 folder: train_clean.csv (landmark_id,images) or train.csv "
                            "(id,url,landmark_id)")
     data.add_argument("--cache-dir", default=None,
-                      help="where the train/val split cache and the label map are kept (default: --data-root)")
+                      help="where the train/val split cache and the label map are kept (default: the GLDv2 folder)")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of each landmark's images for val")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     data.add_argument("--imsize", type=int, default=512, help="training crop and val centre-crop size (pixels)")

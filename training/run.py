@@ -44,8 +44,8 @@ def build_data(args, env, micro_batch):
         split = load_gldv2(args.data_root, args.csv, args.split_seed, args.val_fraction, args.cache_dir)
     augment = train_transform(args.imsize, args.crop_scale if args.random_crop else None, args.hflip,
                               args.color_jitter if args.jitter else None, args.jitter_p)
-    train_set = LandmarkImages(split.train, args.data_root, augment)
-    val_set = LandmarkImages(split.val, args.data_root, val_transform(args.imsize))
+    train_set = LandmarkImages(split.train, split.root, augment)
+    val_set = LandmarkImages(split.val, split.root, val_transform(args.imsize))
     sampler = TrainSampler(train_set, env, args.seed, micro_batch * args.update_every)
     if not len(sampler):
         raise InputError(f"the train split has {len(train_set)} images, fewer than one step of --batch-size "
