@@ -18,12 +18,12 @@ from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, load_revisitop
 from networks import load_token
+from retrieval.extract import SCALES, extract, prepare_model
+from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
+from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
+from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
 from utils.distributed import cleanup, init_distributed
 from utils.errors import InputError, fail_cleanly
-from utils.evaluate import KAPPAS, PROTOCOLS, format_results, revisited_map
-from utils.extract import SCALES, extract, prepare_model
-from utils.features import SHARD_SIZE, FeatureStore, feature_key, save_json
-from utils.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
 
 
 def get_args_parser():

@@ -4,7 +4,7 @@
     python -m benchmarks.search --quick    # 20k distractors, the demo's quick world (CI)
 
 Descriptors that look like real ones: the benchmark extracts the descriptors of every image of the synthetic
-world (its database, queries and training images; ``utils.extract.extract``, the evaluation protocol) with a
+world (its database, queries and training images; ``retrieval.extract.extract``, the evaluation protocol) with a
 Token checkpoint (``--checkpoint``, default the demo's trained model; without it, a freshly initialised resnet18
 Token, which the output says). The distractors are then sampled from a Gaussian with the empirical mean and
 covariance of those real descriptors (its eigen-decomposition: the same mean, principal directions and
@@ -35,9 +35,9 @@ import torch
 from benchmarks import common
 from benchmarks.common import OUT_DIR, mib, table, timed
 from datasets.revisitop import RevisitopImages, load_revisitop
-from utils.evaluate import PROTOCOLS, revisited_map
-from utils.extract import SCALES, extract, prepare_model
-from utils.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, PQIndex
+from retrieval.extract import SCALES, extract, prepare_model
+from retrieval.revisited import PROTOCOLS, revisited_map
+from retrieval.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, PQIndex
 
 CACHE_DIR = OUT_DIR / "cache"
 

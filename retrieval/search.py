@@ -1,6 +1,6 @@
 """Search a database of L2-normalised descriptors: exact inner product, faiss PQ and IVF-PQ, alpha-QE and DBA.
 
-Every index gives the score matrix that ``utils.evaluate.revisited_map`` ranks (``scores``: n_db x n_queries,
+Every index gives the score matrix that ``retrieval.revisited.revisited_map`` ranks (``scores``: n_db x n_queries,
 higher is better) and a top-k search (``search``), the operation timed as the search time. Memory is what the
 database takes in the index: ``bytes_per_image`` for each image plus codebooks and coarse centroids.
 
