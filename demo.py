@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-import test as evaluation
 import train as training
 from datasets.synthetic import ensure_generated
 from networks import Token
+from retrieval.evaluation import EvalSettings, evaluate_checkpoint
 from utils.errors import fail_cleanly
 from utils.visualize import main as visualize
 
@@ -97,10 +97,10 @@ def untrained_model(args):
 
 
 def evaluate(args, checkpoint, out):
-    """test.py on the ``synthetic`` test set; returns the exact-search mAP per protocol (percent)."""
-    report = evaluation.main(["--checkpoint", str(checkpoint), "--data-root", args.data_dir,
-                              "--datasets", "synthetic", "--imsize", str(args.test_imsize), "--device", "cpu",
-                              "--workers", str(args.workers), "--output-dir", str(out)])
+    """test.py's evaluation on the ``synthetic`` test set; returns the exact-search mAP per protocol (percent)."""
+    settings = EvalSettings(checkpoint=str(checkpoint), data_root=args.data_dir, datasets=["synthetic"],
+                            imsize=args.test_imsize, device="cpu", workers=args.workers, output_dir=str(out))
+    report = evaluate_checkpoint(settings)
     exact = report["datasets"]["synthetic"]["runs"]["exact"]
     return {p: exact[p]["mAP"] for p in PROTOCOLS}
 
