@@ -21,10 +21,11 @@ import torch
 
 import train as training
 from datasets.synthetic import ensure_generated
-from networks import Token
+from networks import Token, load_token
 from retrieval.evaluation import EvalSettings, evaluate_checkpoint
+from retrieval.figures import plot_attention, plot_retrievals
 from utils.errors import fail_cleanly
-from utils.visualize import main as visualize
+from utils.metrics import plot_training_curves
 
 PROTOCOLS = ("easy", "medium", "hard")
 
@@ -114,11 +115,12 @@ def table(rows):
 def figures(args, token_dir):
     out = Path(args.run_dir) / "figures"
     test_images = sorted((Path(args.data_dir) / "test" / "synthetic" / "jpg").glob("query_*.jpg"))[:3]
-    visualize(["curves", "--metrics", str(token_dir / "metrics.csv"), "--out", str(out / "training_curves.png")])
-    visualize(["retrievals", "--data-root", args.data_dir, "--dataset", "synthetic",
-               "--features", str(token_dir / "eval" / "features"), "--out", str(out / "retrievals.png")])
-    visualize(["attention", "--checkpoint", str(token_dir / "last.pth"), "--images", *map(str, test_images),
-               "--imsize", str(args.test_imsize), "--out", str(out / "attention.png")])
+    written = [plot_training_curves(token_dir / "metrics.csv", out / "training_curves.png"),
+               plot_retrievals(args.data_dir, "synthetic", token_dir / "eval" / "features", out / "retrievals.png"),
+               plot_attention(load_token(token_dir / "last.pth"), test_images, out / "attention.png",
+                              imsize=args.test_imsize)]
+    for png in written:
+        print(f"wrote {png}")
     if args.figures_dir:
         Path(args.figures_dir).mkdir(parents=True, exist_ok=True)
         for png in out.glob("*.png"):
