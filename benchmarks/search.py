@@ -1,6 +1,6 @@
 """Search speed, memory and recall at R1M scale: exact float32, scalar-quantised and product-quantised indexes.
 
-    python -m benchmarks.search            # 1M distractors (a few minutes; the first run also extracts)
+    python -m benchmarks.search            # 1M distractors (the first run also extracts)
     python -m benchmarks.search --quick    # 20k distractors, the demo's quick world (CI)
 
 Descriptors that look like real ones: the benchmark extracts the descriptors of every image of the synthetic
@@ -234,7 +234,7 @@ def get_args_parser():
                         help="database vectors that train the scalar quantisers, projections and IVF cells "
                              "(65,536; 8,192 quick)")
     parser.add_argument("--pq-train-size", type=int, default=None,
-                        help="database vectors that train PQ and IVF-PQ, whose 8-bit k-means is slow on 2 cores "
+                        help="database vectors that train PQ and IVF-PQ, whose 8-bit k-means is the slowest to train "
                              "(20,000; 4,096 quick)")
     parser.add_argument("--imsize", type=int, default=None,
                         help="evaluation image size (the demo's --test-imsize; 64 quick)")
@@ -256,7 +256,7 @@ def _settings(args):
             "queries": args.queries or (40 if quick else 100),
             "train_size": args.train_size or (8192 if quick else 65_536),
             "pq_train_size": args.pq_train_size or (4096 if quick else 20_000),
-            "imsize": args.imsize or (64 if quick else common.demo_default("test_imsize")),
+            "imsize": args.imsize or common.recipe(quick).test_imsize,
             "latency_budget": args.latency_budget if args.latency_budget is not None else (0.5 if quick else 3.0)}
 
 
