@@ -25,7 +25,7 @@ images included), best of ``--repeats``:
 
 Every method's descriptors are checked against the reference's (max abs difference below 1e-5; AMP, which
 rounds to float16, is only reported). PyTorch runs on ``--threads`` threads (default 1): on a machine whose
-cores other processes share, more intra-op threads than free cores make PyTorch many times slower.
+cores other processes share, more intra-op threads than free cores slow PyTorch down.
 """
 
 import argparse

@@ -5,13 +5,13 @@ import json
 import torch
 from PIL import Image
 
-import demo
+from demo import main as run_demo
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):
     torch.set_num_threads(1)
     run_dir, data_dir = tmp_path / "run", tmp_path / "data"
-    summary = demo.main(["--quick", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--workers", "0"])
+    summary = run_demo(["--quick", "--run-dir", str(run_dir), "--data-dir", str(data_dir), "--workers", "0"])
     out = run_dir / "quick"
     assert set(summary["mAP"]) == {"untrained Token", "trained Token", "trained GeM baseline"}
     for row in summary["mAP"].values():
@@ -31,7 +31,7 @@ def test_a_short_demo_on_the_full_world_lifts_retrieval(tmp_path):
     """The demo's recipe on its full-size world, cut to 3 epochs: training must already lift the Medium mAP of
     the trained Token well above the untrained one (the full 10 epochs are measured in the README)."""
     torch.set_num_threads(1)
-    summary = demo.main(["--epochs", "3", "--run-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data")])
+    summary = run_demo(["--epochs", "3", "--run-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data")])
     untrained, token, gem = (summary["mAP"][name]["medium"] for name in
                              ("untrained Token", "trained Token", "trained GeM baseline"))
     assert token >= untrained + 8 and gem >= untrained + 8, summary["mAP"]  # measured: +13.7 and +21.1
