@@ -25,14 +25,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from retrieval.evaluation import EvalSettings, evaluate_checkpoint
-from retrieval.features import save_json
-from retrieval.figures import plot_attention, plot_retrievals
-from retrieval.revisited import PROTOCOLS
 
 from datasets.synthetic import ensure_generated
 from networks import Token, TokenConfig, load_token
 from networks.checkpoint import model_state, save_checkpoint
+from retrieval.evaluation import EvalSettings, evaluate_checkpoint
+from retrieval.features import save_json
+from retrieval.figures import plot_attention, plot_retrievals
+from retrieval.revisited import PROTOCOLS
 from training.options import check_args
 from training.options import get_args_parser as train_parser
 from training.recipes import DEMO, QUICK

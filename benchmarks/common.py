@@ -13,6 +13,8 @@ import faiss
 import numpy as np
 import torch
 
+from training.recipes import DEMO, QUICK
+
 OUT_DIR = Path("runs/benchmarks")
 
 
@@ -106,27 +108,23 @@ def mib(n_bytes):
     return n_bytes / 2 ** 20
 
 
-DEFAULT_CHECKPOINT = "runs/demo/token/last.pth"
-DEFAULT_DATA_DIR = "data/synthetic"
+DEFAULT_CHECKPOINT = DEMO.checkpoint
+DEFAULT_DATA_DIR = DEMO.data_root
 FALLBACK_BACKBONE = "resnet18"
 
 
-def demo_default(name):
-    """The default of demo.py's flag ``name`` (e.g. ``"test_imsize"``): benchmarks measure what the demo runs."""
-    import demo
-
-    return demo.get_args_parser().get_default(name)
+def recipe(quick):
+    """The demo's recipe the benchmarks measure: ``QUICK`` (demo.py --quick) or ``DEMO``."""
+    return QUICK if quick else DEMO
 
 
 def synthetic_world(data_dir, quick):
-    """The demo's synthetic world, generated with demo.py's parameters so that the demo's own world is reused
+    """The demo's synthetic world, generated with the demo's recipe so that the demo's own world is reused
     (never regenerated under it); ``quick``: the demo's ``--quick`` world, under ``data_dir/quick``."""
-    import demo
     from datasets.synthetic import ensure_generated
 
-    args = demo.get_args_parser().parse_args(["--quick"] if quick else [])
     root = Path(data_dir) / "quick" if quick else Path(data_dir)
-    return ensure_generated(root, seed=args.seed, progress=False, **demo.world_size(args))
+    return ensure_generated(root, seed=recipe(quick).seed, progress=False, **recipe(quick).world)
 
 
 def benchmark_model(checkpoint, seed=0):

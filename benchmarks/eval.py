@@ -12,7 +12,7 @@ least), so the rankings mix them with distractors and the mAPs are neither 0 nor
 - naive: revisitop's method, a full ranking of the database per query (``np.argsort`` of the query's column,
   stable, so that ties are broken by index as ``revisited_map`` breaks them), then ``compute_map`` for each of
   the Easy, Medium and Hard protocols;
-- fast: ``utils.evaluate.revisited_map``, which finds the ranks of the few labelled images without sorting the
+- fast: ``retrieval.revisited.revisited_map``, which finds the ranks of the few labelled images without sorting the
   database.
 
 Both run in one process on one thread, on the same scores; every mAP, AP and mP@k must be equal, which the
@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from benchmarks.common import default_out, machine, median_time, set_threads, table, timed, write_json
-from utils.evaluate import KAPPAS, PROTOCOLS, compute_map, protocol_gnd, revisited_map
+from retrieval.revisited import KAPPAS, PROTOCOLS, compute_map, protocol_gnd, revisited_map
 
 ROXF_DB = 4993
 EASY, HARD, JUNK = (5, 100), (10, 250), (20, 400)

@@ -18,14 +18,14 @@ images included), best of ``--repeats``:
 
 - ``reference``: a plain loop, one image at a time (batch 1), three forward passes (scales 1, sqrt 2,
   1/sqrt 2), as the authors' evaluation does;
-- ``ours, contiguous``: ``utils.extract.extract``: loader processes, images of equal size batched, the model
+- ``ours, contiguous``: ``retrieval.extract.extract``: loader processes, images of equal size batched, the model
   as the reference holds it;
 - ``ours``: test.py's extraction, the same with the model from ``prepare_model`` (channels-last memory format);
 - with ``--amp`` on CUDA: ``ours, AMP``, float16 autocast.
 
 Every method's descriptors are checked against the reference's (max abs difference below 1e-5; AMP, which
 rounds to float16, is only reported). PyTorch runs on ``--threads`` threads (default 1): on a machine whose
-cores other processes share, more intra-op threads than free cores make PyTorch many times slower.
+cores other processes share, more intra-op threads than free cores slow PyTorch down.
 """
 
 import argparse
@@ -51,7 +51,7 @@ from benchmarks.common import (
 )
 from datasets.images import load_rgb
 from datasets.revisitop import RevisitopImages, load_revisitop
-from utils.extract import SCALES, extract, multiscale_descriptor, prepare_model
+from retrieval.extract import SCALES, extract, multiscale_descriptor, prepare_model
 
 TOLERANCE = 1e-5
 

@@ -1,10 +1,10 @@
 """Search speed, memory and recall at R1M scale: exact float32, scalar-quantised and product-quantised indexes.
 
-    python -m benchmarks.search            # 1M distractors (a few minutes; the first run also extracts)
+    python -m benchmarks.search            # 1M distractors (the first run also extracts)
     python -m benchmarks.search --quick    # 20k distractors, the demo's quick world (CI)
 
 Descriptors that look like real ones: the benchmark extracts the descriptors of every image of the synthetic
-world (its database, queries and training images; ``utils.extract.extract``, the evaluation protocol) with a
+world (its database, queries and training images; ``retrieval.extract.extract``, the evaluation protocol) with a
 Token checkpoint (``--checkpoint``, default the demo's trained model; without it, a freshly initialised resnet18
 Token, which the output says). The distractors are then sampled from a Gaussian with the empirical mean and
 covariance of those real descriptors (its eigen-decomposition: the same mean, principal directions and
@@ -35,20 +35,16 @@ import torch
 from benchmarks import common
 from benchmarks.common import OUT_DIR, mib, table, timed
 from datasets.revisitop import RevisitopImages, load_revisitop
-from utils.evaluate import PROTOCOLS, revisited_map
-from utils.extract import SCALES, extract, prepare_model
-from utils.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, PQIndex
+from retrieval.extract import SCALES, extract, prepare_model
+from retrieval.revisited import PROTOCOLS, revisited_map
+from retrieval.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, PQIndex
 
 CACHE_DIR = OUT_DIR / "cache"
 
 
 def world_images(world):
     """``(dataset, train paths)``: the world's revisitop test set and its training images, in id order."""
-    dataset = load_revisitop(world.test_root.parent, world.test_name)
-    with open(world.train_csv) as f:
-        ids = sorted(line.split(",", 1)[0] for line in f.read().splitlines()[1:] if line)
-    train = [world.train_dir / i[0] / i[1] / i[2] / f"{i}.jpg" for i in ids]
-    return dataset, train
+    return load_revisitop(world.root, world.test_name), world.train_image_paths()
 
 
 def _cache_key(info, world, imsize):
@@ -234,7 +230,7 @@ def get_args_parser():
                         help="database vectors that train the scalar quantisers, projections and IVF cells "
                              "(65,536; 8,192 quick)")
     parser.add_argument("--pq-train-size", type=int, default=None,
-                        help="database vectors that train PQ and IVF-PQ, whose 8-bit k-means is slow on 2 cores "
+                        help="database vectors that train PQ and IVF-PQ, whose 8-bit k-means is the slowest to train "
                              "(20,000; 4,096 quick)")
     parser.add_argument("--imsize", type=int, default=None,
                         help="evaluation image size (the demo's --test-imsize; 64 quick)")
@@ -256,7 +252,7 @@ def _settings(args):
             "queries": args.queries or (40 if quick else 100),
             "train_size": args.train_size or (8192 if quick else 65_536),
             "pq_train_size": args.pq_train_size or (4096 if quick else 20_000),
-            "imsize": args.imsize or (64 if quick else common.demo_default("test_imsize")),
+            "imsize": args.imsize or common.recipe(quick).test_imsize,
             "latency_budget": args.latency_budget if args.latency_budget is not None else (0.5 if quick else 3.0)}
 
 

@@ -12,9 +12,9 @@ from benchmarks import eval as eval_benchmark
 from benchmarks import extract as extract_benchmark
 from benchmarks import search as search_benchmark
 from benchmarks.common import table, write_json
+from retrieval.revisited import PROTOCOLS
+from retrieval.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, principal_directions
 from tests.test_test import one_thread, run_test, write_checkpoint, write_mini_set, write_r1m  # noqa: F401 (autouse)
-from utils.evaluate import PROTOCOLS
-from utils.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, principal_directions
 
 
 def unit_rows(n, d, seed, rank=None):

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datasets.revisitop import RevisitopImages, load_revisitop
+from retrieval import features as features_module
+from retrieval.extract import SCALES, equal_size_batches, extract, multiscale_descriptor, prepare_model, rescale
+from retrieval.features import FeatureStore, feature_key, read_json, save_array
 from tests.test_test import DIM, one_thread, small_token, write_mini_set  # noqa: F401 (one_thread: autouse)
-from utils import features as features_module
 from utils.distributed import DistEnv
-from utils.extract import SCALES, equal_size_batches, extract, multiscale_descriptor, prepare_model, rescale
-from utils.features import FeatureStore, feature_key, read_json, save_array
 
 CPU = torch.device("cpu")
 

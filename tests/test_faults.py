@@ -54,19 +54,19 @@ import pytest
 import torch
 from PIL import Image
 
-import utils.features as features_module
+import retrieval.features as features_module
 from datasets.gldv2 import GLDV2_DIR, LandmarkImages, load_gldv2
 from datasets.images import ImageReadError, load_rgb, to_normalized_tensor
 from datasets.revisitop import RevisitopImages, load_revisitop
 from networks import Token, load_token
 from networks.checkpoint import load_training_state, save_checkpoint
+from retrieval.extract import SCALES, multiscale_descriptor
+from retrieval.features import FeatureStore
 from tests.conftest import ROOT
 from tests.test_train import TINY, run, small_set
 from utils.atomic import WriteError
 from utils.distributed import DistEnv
 from utils.errors import InputError
-from utils.extract import SCALES, multiscale_descriptor
-from utils.features import FeatureStore
 from utils.safe_pickle import UnsafePickleError
 
 torch.set_num_threads(1)

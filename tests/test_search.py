@@ -4,9 +4,9 @@ import faiss
 import numpy as np
 import pytest
 
-from utils import search
-from utils.evaluate import compute_map, protocol_gnd, revisited_map
-from utils.search import ExactIndex, PQIndex, alpha_qe, dba, top_k, weighted_expansion
+from retrieval import search
+from retrieval.revisited import compute_map, protocol_gnd, revisited_map
+from retrieval.search import ExactIndex, PQIndex, alpha_qe, dba, top_k, weighted_expansion
 
 
 def unit_rows(n, d, seed):

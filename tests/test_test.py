@@ -20,9 +20,10 @@ from PIL import Image
 
 from networks import Token
 from networks.checkpoint import model_state
+from retrieval.evaluation import EvalSettings, evaluate_checkpoint, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-# test.py by path: a plain "import test" could find the standard library's test package
+# test.py by path: importing it by its module name could find the standard library's test package
 _spec = importlib.util.spec_from_file_location("token_test_script", ROOT / "test.py")
 test_py = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(test_py)
@@ -182,6 +183,32 @@ def test_rerun_reuses_features(setup, evaluated, tmp_path, capsys):
         for label, run in report["datasets"][name]["runs"].items():
             for protocol in ("easy", "medium", "hard"):
                 assert run[protocol] == evaluated[1]["datasets"][name]["runs"][label][protocol]
+
+
+def test_library_call_gives_the_report_of_test_py(setup, evaluated, tmp_path, capsys):
+    """evaluate_checkpoint (what demo.py calls) with the settings of test.py's flags: test.py's report."""
+    data_root, checkpoint = setup
+    output_dir = copy_of(evaluated[0], tmp_path)
+    settings = EvalSettings(checkpoint=str(checkpoint), data_root=str(data_root), datasets=["roxford5k"], imsize=64,
+                            batch_size=8, workers=0, device="cpu", r1m=True, shard_size=4, qe=True, dba=True, pq=8,
+                            pq_bits=4, output_dir=str(output_dir))
+    report = evaluate_checkpoint(settings)
+    assert ">> roxford5k_db: reusing" in capsys.readouterr().out
+    expected = evaluated[1]
+    assert set(report) == set(expected)
+    for key in set(expected) - {"datasets"}:
+        assert report[key] == expected[key], key
+    assert set(report["datasets"]) == set(expected["datasets"])
+    for name, entry in expected["datasets"].items():
+        assert set(report["datasets"][name]["runs"]) == set(entry["runs"])
+        for label, run in entry["runs"].items():
+            for protocol in ("easy", "medium", "hard"):
+                assert report["datasets"][name]["runs"][label][protocol] == run[protocol]
+    assert json.loads((output_dir / "results.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_settings_defaults_are_the_flags_defaults():
+    assert parse_settings(["--checkpoint", "c.pth", "--data-root", "data"]) == EvalSettings("c.pth", "data")
 
 
 def test_interrupted_r1m_extraction_resumes(setup, evaluated, tmp_path, capsys):

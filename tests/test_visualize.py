@@ -9,7 +9,9 @@ from datasets.revisitop import load_revisitop
 from datasets.synthetic import generate
 from networks import Token
 from networks.checkpoint import model_state
-from utils.visualize import main, relevance
+from retrieval.figures import relevance
+from utils.metrics import COLUMNS, write_metrics_row
+from visualize import main
 
 TINY = dict(num_train_landmarks=2, images_per_landmark=2, num_test_landmarks=2, queries_per_landmark=1,
             db_views_per_landmark=4, num_distractors=3, progress=False, workers=1)
@@ -26,6 +28,16 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     torch.save(model_state(model), path)
     return path
+
+
+def test_curves_figure_names_the_file_it_wrote(tmp_path, capsys):
+    for epoch in (1, 2, 3):
+        write_metrics_row(tmp_path / "metrics.csv", {column: epoch for column in COLUMNS})
+    out = tmp_path / "figures" / "curves.png"
+    main(["curves", "--metrics", str(tmp_path / "metrics.csv"), "--out", str(out)])
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    with Image.open(out) as png:
+        assert png.size == (1300, 380)
 
 
 def test_retrievals_figure(world, tmp_path):

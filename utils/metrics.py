@@ -97,7 +97,8 @@ def read_metrics(path):
 
 
 def plot_training_curves(metrics_csv, out_png):
-    """Plot a metrics.csv in three panels (loss, val top-1/top-5 error, learning rate) against the epoch."""
+    """Plot a metrics.csv in three panels (loss, val top-1/top-5 error, learning rate) against the epoch, as the
+    PNG ``out_png``; the path written."""
     rows = read_metrics(metrics_csv)
     column = lambda name: [float(r[name]) for r in rows]  # noqa: E731
     epochs = column("epoch")
@@ -118,3 +119,4 @@ def plot_training_curves(metrics_csv, out_png):
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=100))
+    return out_png

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from utils import evaluate
-from utils.evaluate import PROTOCOLS, compute_map, format_results, protocol_gnd, revisited_map
+from retrieval import revisited
+from retrieval.revisited import PROTOCOLS, compute_map, format_results, protocol_gnd, revisited_map
 
 
 def _hand_worked():
@@ -103,11 +103,11 @@ def _random_scores(rng, n, nq, kind):
     return rng.standard_normal((n, nq)).astype(np.float32 if kind == "float32" else np.float64)
 
 
-@pytest.mark.parametrize("buckets,row_block", [(evaluate._BUCKETS, evaluate._ROW_BLOCK), (8, 7)])
+@pytest.mark.parametrize("buckets,row_block", [(revisited._BUCKETS, revisited._ROW_BLOCK), (8, 7)])
 def test_revisited_map_equals_compute_map_on_full_argsort(monkeypatch, buckets, row_block):
     # A small bucket count and row block push many images into the items' buckets and across block edges.
-    monkeypatch.setattr(evaluate, "_BUCKETS", buckets)
-    monkeypatch.setattr(evaluate, "_ROW_BLOCK", row_block)
+    monkeypatch.setattr(revisited, "_BUCKETS", buckets)
+    monkeypatch.setattr(revisited, "_ROW_BLOCK", row_block)
     rng = np.random.default_rng(0)
     kappas = (1, 3, 10)
     for case in range(120):

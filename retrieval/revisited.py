@@ -1,7 +1,7 @@
 """Revisited Oxford and Paris evaluation: mAP and mean precision@k under the Easy, Medium and Hard protocols.
 
-The protocol is the one of the revisitop benchmark (Radenovic et al., CVPR 2018), summarised in TOKEN-FACTS,
-section "Evaluation protocol":
+The protocol is the one of the revisitop benchmark (Radenovic et al., CVPR 2018), summarised in docs/FACTS.md,
+"Evaluation protocol":
 
 - the database is ranked by descending score, ties broken by database index (a stable sort of ``-scores``);
 - each protocol names the positives and the ignored ("junk") images of a query; ignored images are taken out

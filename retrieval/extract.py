@@ -1,13 +1,13 @@
 """Multi-scale global descriptors, computed as the reference evaluation computes them, batched where shapes allow.
 
-The protocol (TOKEN-FACTS, "Evaluation protocol"; the authors' ``extract_vectors`` and cirtorch's ``extract_ms``):
+The protocol (docs/FACTS.md, "Evaluation protocol"; the authors' ``extract_vectors`` and cirtorch's ``extract_ms``):
 for each scale ``s`` of 1, sqrt(2), 1/sqrt(2) the ImageNet-normalised image tensor is resized with
 ``F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)`` (scale 1: the tensor itself), its
 descriptor is taken and L2-normalised; the mean over the scales is L2-normalised again.
 
 Images of equal size (after the evaluation resizing) go through the model together: interpolation and every
 layer of the model in eval mode treat the images of a batch independently, so a batch gives each image the
-descriptor it gets alone, up to float rounding (about 1e-6).
+descriptor it gets alone, up to float rounding.
 """
 
 import math
@@ -53,8 +53,9 @@ def multiscale_descriptor(model, images, scales=SCALES):
 
 
 def prepare_model(model, device):
-    """``model`` in eval mode on ``device``, in channels-last memory format: faster convolutions on GPUs, and
-    9-15% less time on the CPU too (``python -m benchmarks.extract``), same results up to float rounding."""
+    """``model`` in eval mode on ``device``, in channels-last memory format, which convolutions run faster in on
+    GPUs and on the CPU (``python -m benchmarks.extract`` measures it; see the README); same results up to float
+    rounding."""
     return model.to(device).eval().to(memory_format=torch.channels_last)
 
 

@@ -1,6 +1,6 @@
 """Search a database of L2-normalised descriptors: exact inner product, faiss PQ and IVF-PQ, alpha-QE and DBA.
 
-Every index gives the score matrix that ``utils.evaluate.revisited_map`` ranks (``scores``: n_db x n_queries,
+Every index gives the score matrix that ``retrieval.revisited.revisited_map`` ranks (``scores``: n_db x n_queries,
 higher is better) and a top-k search (``search``), the operation timed as the search time. Memory is what the
 database takes in the index: ``bytes_per_image`` for each image plus codebooks and coarse centroids.
 
@@ -16,11 +16,9 @@ database takes in the index: ``bytes_per_image`` for each image plus codebooks a
   optionally over the descriptors projected onto their ``dims`` leading principal directions. The directions are
   those of the uncentred second moment, so that the projection is orthonormal and keeps inner products up to
   the dropped components (a centred PCA would rank by ``(q - mean) . (x - mean)``, which is not the same
-  ranking). ``R1M_COMPRESSED`` is the configuration ``python -m benchmarks.search`` found best for 1M images:
-  120 directions, IVF1024 (128 visited), 8-bit scalar quantisation: 128 bytes per image (120 + an 8-byte id),
-  123 MiB for 1M images, about 2.4 ms per query on one thread; on the demo model's descriptors it keeps 97% of
-  the exact top 100 and finds the exact nearest neighbour within its top 100 for every query (89% on those of an
-  untrained model, which crowd together at cosine ~0.93). 8-bit PQ of the same size keeps under half of it.
+  ranking). ``R1M_COMPRESSED`` is the configuration for 1M images chosen by ``python -m benchmarks.search``
+  (see the README for its measurements): 120 directions, IVF1024 (128 visited), 8-bit scalar quantisation, i.e.
+  128 bytes per image (120 codes + an 8-byte id).
 - ``alpha_qe`` and ``dba`` (Radenovic et al., TPAMI 2019): a vector is replaced by the L2-normalised sum of
   itself and its ``top_n`` nearest database vectors, weighted by similarity^alpha; alpha-QE on the queries at
   search time, DBA on every database vector beforehand (its neighbours excluding itself).
@@ -144,6 +142,7 @@ class PQIndex:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.n))
 
 
+# the compressed search of test.py --r1m: chosen by python -m benchmarks.search; see the README
 R1M_COMPRESSED = {"codec": "SQ8", "dims": 120, "nlist": 1024, "nprobe": 128}
 MIN_POINTS_PER_CELL = 39  # faiss's k-means wants at least this many training vectors per IVF cell
 

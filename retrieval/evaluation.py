@@ -1,0 +1,297 @@
+"""The evaluation of a Token checkpoint on revisitop-format test sets, as test.py runs it, for any caller.
+
+Multi-scale descriptors of every query and database image (``retrieval.extract``), kept in a feature store
+(``retrieval.features``); exact, product-quantised or compressed search, alpha-QE and DBA (``retrieval.search``);
+mAP and mP@1,5,10 under the Easy, Medium and Hard protocols (``retrieval.revisited``). The protocol is the one
+of docs/FACTS.md, "Evaluation protocol": database images resized to a longer side of ``imsize``, queries
+cropped to their box first; descriptors averaged over ``scales``; the database ranked by dot product.
+
+A library caller builds an ``EvalSettings`` (the fields are test.py's flags, ``--pq-bits`` as ``pq_bits``, with
+the same defaults) and calls ``evaluate_checkpoint``::
+
+    from retrieval.evaluation import EvalSettings, evaluate_checkpoint
+
+    report = evaluate_checkpoint(EvalSettings(checkpoint="runs/demo/token/last.pth", data_root="data/synthetic",
+                                              datasets=["synthetic"], imsize=96, device="cpu",
+                                              output_dir="runs/demo/token/eval"))
+    report["datasets"]["synthetic"]["runs"]["exact"]["medium"]["mAP"]
+
+The report is the dict that test.py writes to ``results.json``. Bad input raises ``utils.errors.InputError``
+(test.py turns it into one line and exit code 2).
+"""
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+from datasets.revisitop import R1M, RevisitopImages, load_revisitop
+from networks import load_token
+from retrieval.extract import SCALES, extract, prepare_model
+from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
+from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
+from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
+from utils.distributed import DistEnv, resolve_device
+from utils.errors import InputError
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate and how: one field per test.py flag, of the same name and default."""
+
+    checkpoint: str  # a Token checkpoint: the authors' R50/R101-Token.pth or one written by train.py
+    data_root: str  # the folder holding test/<dataset>/gnd_<dataset>.pkl and test/<dataset>/jpg/
+    datasets: list = field(default_factory=lambda: ["roxford5k", "rparis6k"])
+    r1m: bool = False  # also evaluate each dataset with the R1M distractors added to its database
+    imsize: int = 1024
+    scales: list = field(default_factory=lambda: list(SCALES))
+    batch_size: int = 8
+    workers: int = min(8, os.cpu_count() or 1)
+    device: str = "auto"  # auto, cpu or cuda
+    amp: bool = False
+    pq: int | None = None  # PQ sub-quantisers (None: no PQ search)
+    pq_bits: int = 8
+    ivf: int | None = None  # IVF cells of IVF-PQ (None: flat PQ)
+    nprobe: int = 16
+    qe: bool = False
+    dba: bool = False
+    alpha: float = ALPHA
+    top_n: int = TOP_N
+    output_dir: str | None = None  # None: a temporary folder, deleted at the end, and no results.json
+    shard_size: int = SHARD_SIZE
+
+
+def get_args_parser():
+    """test.py's command line; ``EvalSettings(**vars(parser.parse_args(argv)))`` gives the settings."""
+    default = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
+               for f in fields(EvalSettings)}
+    parser = argparse.ArgumentParser(description="Evaluate Token on revisited Oxford and Paris, optionally with the "
+                                                 "1M distractors: multi-scale descriptors, exact or product-quantised "
+                                                 "search, alpha-QE and DBA; mAP and mP@1,5,10 under the Easy, Medium "
+                                                 "and Hard protocols.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--checkpoint", required=True,
+                      help="Token checkpoint: the authors' R50/R101-Token.pth or one written by train.py")
+    data.add_argument("--data-root", required=True,
+                      help="folder holding test/<dataset>/gnd_<dataset>.pkl and test/<dataset>/jpg/ "
+                           "(python -m datasets.download revisitop builds it)")
+    data.add_argument("--datasets", nargs="+", default=default["datasets"],
+                      help="test sets under <data-root>/test/; any set in the revisitop format works")
+    data.add_argument("--r1m", action="store_true",
+                      help="also evaluate each dataset with the 1,001,001 R1M distractors "
+                           "(<data-root>/test/revisitop1m/) added to its database; without --pq, that database is "
+                           "searched exactly and with the compressed index benchmarks/search.py picked")
+    extraction = parser.add_argument_group("extraction")
+    extraction.add_argument("--imsize", type=int, default=default["imsize"],
+                            help="longer side of the resized database images (queries keep their scale in them)")
+    extraction.add_argument("--scales", type=float, nargs="+", default=default["scales"],
+                            help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2)")
+    extraction.add_argument("--batch-size", type=int, default=default["batch_size"],
+                            help="images of equal size that go through the model together")
+    extraction.add_argument("--workers", type=int, default=default["workers"],
+                            help="image-loading processes per extraction process")
+    extraction.add_argument("--device", default=default["device"], choices=("auto", "cpu", "cuda"),
+                            help="auto: CUDA when available (one GPU per torchrun process), else CPU")
+    extraction.add_argument("--amp", action="store_true",
+                            help="float16 autocast on CUDA: faster; descriptors differ from float32 by its rounding")
+    search = parser.add_argument_group("search")
+    search.add_argument("--pq", type=int, default=default["pq"], metavar="M",
+                        help="also search with faiss product quantisation: M sub-quantisers (M bytes per image "
+                             "at 8 bits); M must divide the descriptor size")
+    search.add_argument("--pq-bits", type=int, default=default["pq_bits"], help="bits per PQ sub-quantiser code")
+    search.add_argument("--ivf", type=int, default=default["ivf"], metavar="NLIST",
+                        help="with --pq: IVF-PQ with NLIST coarse cells instead of flat PQ (for R1M, e.g. 1024)")
+    search.add_argument("--nprobe", type=int, default=default["nprobe"], help="IVF-PQ: cells visited per query")
+    search.add_argument("--qe", action="store_true", help="also report alpha-QE (query expansion) on exact search")
+    search.add_argument("--dba", action="store_true",
+                        help="also report DBA (database-side augmentation) on exact search; with --qe, DBA + alpha-QE "
+                             "too")
+    search.add_argument("--alpha", type=float, default=default["alpha"], help="alpha of alpha-QE and DBA")
+    search.add_argument("--top-n", type=int, default=default["top_n"], help="neighbours that alpha-QE and DBA add")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", default=default["output_dir"],
+                        help="keep features/ (reused by a rerun with the same checkpoint and settings, resumed "
+                             "after an interruption) and results.json here; required under torchrun; "
+                             "default: a temporary folder, deleted at the end")
+    output.add_argument("--shard-size", type=int, default=default["shard_size"],
+                        help="images per feature shard: the unit that processes share and an interrupted run "
+                             "resumes from")
+    return parser
+
+
+def parse_settings(argv=None):
+    """``EvalSettings`` from test.py's command line (``sys.argv[1:]`` when ``argv`` is None)."""
+    return EvalSettings(**vars(get_args_parser().parse_args(argv)))
+
+
+def check_settings(settings, env):
+    """Raise ``InputError`` (naming the flag) for settings that cannot run in ``env``, before any work."""
+    s = settings
+    if s.imsize < 32 or not s.scales or min(s.scales) <= 0:
+        raise InputError("--imsize must be at least 32 and every --scales value positive")
+    if s.batch_size < 1 or s.workers < 0 or s.shard_size < 1 or s.top_n < 1 or s.alpha < 0:
+        raise InputError("--batch-size, --shard-size and --top-n must be positive, --workers and --alpha at least 0")
+    if R1M in s.datasets:
+        raise InputError(f"{R1M} has no queries: pass --r1m to add it to the databases of --datasets")
+    if s.pq is not None and (s.pq < 1 or not 1 <= s.pq_bits <= 16):
+        raise InputError("--pq must be positive and --pq-bits between 1 and 16")
+    if s.ivf is not None and (s.pq is None or s.ivf < 1 or not 1 <= s.nprobe <= s.ivf):
+        raise InputError("--ivf NLIST needs --pq M, NLIST positive and --nprobe between 1 and NLIST")
+    if s.amp and env.device.type != "cuda":
+        raise InputError("--amp runs float16 autocast on CUDA; this run is on the CPU")
+    if env.distributed and s.output_dir is None:
+        raise InputError("under torchrun, --output-dir is required: the processes exchange features through it "
+                         "(a folder every process sees)")
+
+
+@contextlib.contextmanager
+def output_folder(output_dir):
+    """``output_dir`` as a Path, or, when it is None, a temporary folder removed on exit."""
+    with contextlib.ExitStack() as stack:
+        yield Path(output_dir or stack.enter_context(tempfile.TemporaryDirectory()))
+
+
+def load_test_sets(settings):
+    """The test sets (ground truth read, image files checked) and the R1M list (None without ``r1m``), before
+    any model work."""
+    datasets = [load_revisitop(settings.data_root, name) for name in settings.datasets]
+    for dataset in datasets:
+        dataset.check_images()
+    return datasets, load_revisitop(settings.data_root, R1M) if settings.r1m else None
+
+
+def load_model(settings, env):
+    """The checkpoint's Token, ready for extraction on ``env.device``."""
+    model = prepare_model(load_token(settings.checkpoint), env.device)
+    dim = model.config.out_dim
+    if settings.pq is not None and dim % settings.pq:
+        raise InputError(f"--pq {settings.pq} must divide the descriptor size {dim}")
+    return model
+
+
+def descriptors(store, model, settings, env, dataset, part):
+    """Descriptors of the ``part`` ("db" or "query") images of ``dataset`` (rank 0; None elsewhere) and the
+    extraction time per image."""
+    query = part == "query"
+    paths = dataset.query_paths() if query else dataset.db_paths()
+    bbxs = dataset.bbxs() if query else None
+    key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths, bbxs)
+    dim = model.config.out_dim
+
+    def compute(start, stop, progress):
+        images = RevisitopImages(paths[start:stop], settings.imsize, bbxs[start:stop] if query else None)
+        return extract(model, images, dim, env.device, settings.scales, settings.batch_size, settings.workers,
+                       settings.amp, progress)
+
+    name = dataset.name if dataset.name == R1M else f"{dataset.name}_{part}"
+    return store.load(name, key, len(paths), dim, compute, settings.shard_size, merge=dataset.name != R1M)
+
+
+def indexes(settings, database, device):
+    """``(index, qe)`` for every requested search of ``database`` (a list of arrays): exact, exact with
+    alpha-QE, with DBA, with both, PQ; without ``pq``, on the +1M database, also the compressed search
+    (``R1M_COMPRESSED``) that benchmarks/search.py picked."""
+    exact = ExactIndex(database)
+    yield exact, False
+    if settings.qe:
+        yield exact, True
+    if settings.dba:
+        augmented = ExactIndex([dba(exact.all(), settings.top_n, settings.alpha, device)], label="exact+dba")
+        yield augmented, False
+        if settings.qe:
+            yield augmented, True
+    if settings.pq is not None:
+        try:
+            quantised = PQIndex(database, settings.pq, settings.pq_bits, settings.ivf, settings.nprobe)
+        except ValueError as err:
+            raise InputError(f"--pq: {err}") from None
+        yield quantised, False
+    elif settings.r1m and len(database) > 1:  # the database plus the distractors
+        compressed = CompressedIndex(database, **R1M_COMPRESSED)
+        print(f">> compressed search: {compressed.label} ({compressed.bytes_per_image} B/image), the pick of "
+              "python -m benchmarks.search for R1M; exact search stays the reference", flush=True)
+        yield compressed, False
+
+
+def search_and_measure(index, queries, gnd, qe, settings):
+    """Revisited mAP / mP@k of the index's ranking and the search time: the top-100 search, plus the first
+    search and the expansion with alpha-QE, in ms per query."""
+    start = time.perf_counter()
+    if qe:
+        queries = alpha_qe(queries, index, settings.top_n, settings.alpha)
+    index.search(queries, TOP_K)
+    search_ms = 1000 * (time.perf_counter() - start) / max(1, len(queries))
+    return revisited_map(index.scores(queries), gnd), search_ms
+
+
+def summary(results, index, search_ms):
+    """One search's entry in results.json: per protocol mAP and mP@k (percent), search time and memory."""
+    entry = {p: {"mAP": 100 * results[p]["map"],
+                 **{f"mP@{k}": 100 * v for k, v in zip(KAPPAS, results[p]["mp"], strict=True)}}
+             for p in PROTOCOLS}
+    return {**entry, "search_ms_per_query": search_ms, "bytes_per_image": index.bytes_per_image,
+            "database_bytes": index.memory_bytes}
+
+
+def binary_size(n):
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.2f} MiB"
+
+
+def evaluate_database(settings, env, name, database, queries, gnd):
+    """Every requested search of ``database`` (a list of arrays), reported as it is done; their summaries."""
+    runs = {}
+    for index, qe in indexes(settings, database, env.device):
+        label = index.label + ("+qe" if qe else "")
+        results, search_ms = search_and_measure(index, queries, gnd, qe, settings)
+        print(format_results(name if label == "exact" else f"{name} [{label}]", results))
+        print(f">> search {search_ms:.2f} ms/query, database {binary_size(index.memory_bytes)} "
+              f"({index.bytes_per_image} B/image)", flush=True)
+        runs[label] = summary(results, index, search_ms)
+    return runs
+
+
+def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
+    """Extract, search and report, test set after test set: the report (``results.json``'s content, written
+    to ``output_dir`` after each test set when ``settings.output_dir`` is set). Features are kept under
+    ``output_dir/features``. Under torchrun every rank extracts its share; rank 0 alone searches and reports
+    (the other ranks return a report without datasets)."""
+    store = FeatureStore(output_dir / "features", env)
+    report = {"checkpoint": str(settings.checkpoint), "model_config": model.config.to_dict(), "imsize": settings.imsize,
+              "scales": settings.scales, "amp": settings.amp, "device": str(env.device),
+              "processes": env.world_size, "datasets": {}}
+    if distractors is not None:
+        r1m, r1m_ms = descriptors(store, model, settings, env, distractors, "db")
+    for dataset in test_sets:
+        queries, query_ms = descriptors(store, model, settings, env, dataset, "query")
+        db, db_ms = descriptors(store, model, settings, env, dataset, "db")
+        if not env.is_main:  # the other processes only extract
+            continue
+        databases = {dataset.name: ([db], {"query": query_ms, "db": db_ms})}
+        if distractors is not None:
+            databases[f"{dataset.name}+1M"] = ([db, r1m], {"query": query_ms, "db": db_ms, R1M: r1m_ms})
+        for name, (database, extraction_ms) in databases.items():
+            runs = evaluate_database(settings, env, name, database, queries, dataset.gnd)
+            report["datasets"][name] = {"images": {"db": sum(map(len, database)), "query": len(queries)},
+                                        "extraction_ms_per_image": extraction_ms, "runs": runs}
+        if settings.output_dir is not None:
+            save_json(output_dir / "results.json", report)
+    return report
+
+
+def evaluate_checkpoint(settings, env=None):
+    """Evaluate ``settings.checkpoint`` on ``settings.datasets`` as test.py does; the report test.py writes to
+    ``results.json`` (written there too when ``settings.output_dir`` is set).
+
+    ``env``: the process's ``utils.distributed.DistEnv``; None (a library caller) runs one process on
+    ``settings.device``. Raises ``InputError`` for bad settings or input, before any extraction.
+    """
+    env = env or DistEnv(0, 1, resolve_device(settings.device))
+    check_settings(settings, env)
+    with output_folder(settings.output_dir) as output_dir:
+        test_sets, distractors = load_test_sets(settings)
+        model = load_model(settings, env)
+        return evaluate_model(settings, env, model, test_sets, distractors, output_dir)

@@ -1,0 +1,116 @@
+"""Qualitative figures of retrieval: the top-k retrievals of a few queries and the tokens' attention maps.
+
+``plot_retrievals`` reads the descriptors test.py wrote (``<dataset>_db.npy``, ``<dataset>_query.npy``) and
+draws, per query, the query with its box and the top-k database images framed green (easy or hard positive), red
+(negative) or grey (junk), as in the paper's qualitative figure. ``plot_attention`` overlays each token's spatial
+attention (paper, Fig. 3a): the tokenizer's assignment and the last refinement block's cross-attention.
+Figure sizes are fixed by ``width`` (pixels) so every PNG has a known size. The command line is visualize.py;
+the training curves are ``utils.metrics.plot_training_curves``.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from datasets.images import load_rgb, to_normalized_tensor
+from datasets.revisitop import load_revisitop, resize_database
+from utils.atomic import atomic_write
+from utils.errors import InputError, require_path
+
+DPI = 100
+FRAME = {"positive": "#1a9850", "negative": "#d73027", "junk": "#999999"}
+
+
+def _save(fig, out):
+    """Write ``fig`` as a PNG at ``out`` (folders created, file replaced atomically); the path written."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=DPI))
+    return out
+
+
+def _figure(rows, cols, width):
+    """A grid of square-ish panels ``width`` pixels wide."""
+    panel = width / cols / DPI
+    fig = Figure(figsize=(width / DPI, panel * rows * 1.1))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return fig, axes
+
+
+def relevance(gnd_query, index):
+    """'positive' (easy or hard), 'junk' or 'negative' for database ``index`` under one query's ground truth."""
+    if index in gnd_query["easy"] or index in gnd_query["hard"]:
+        return "positive"
+    return "junk" if index in gnd_query["junk"] else "negative"
+
+
+def plot_retrievals(data_root, dataset, features_dir, out, queries=(0, 1, 2, 3), topk=8, width=1200):
+    """Top-``topk`` database images for each of ``queries``, framed by their relevance; the PNG written."""
+    ds = load_revisitop(data_root, dataset)
+    features_dir = Path(features_dir)
+    db = np.load(require_path(features_dir / f"{dataset}_db.npy", "database descriptors written by test.py"))
+    qv = np.load(require_path(features_dir / f"{dataset}_query.npy", "query descriptors written by test.py"))
+    if len(db) < len(ds.imlist) or len(qv) != len(ds.qimlist):
+        raise InputError(f"{features_dir}: {len(db)} database / {len(qv)} query descriptors for {dataset}'s "
+                         f"{len(ds.imlist)} / {len(ds.qimlist)} images")
+    queries = [q for q in queries if q < len(ds.qimlist)]
+    scores = db[: len(ds.imlist)] @ qv[queries].T
+    fig, axes = _figure(len(queries), topk + 1, width)
+    db_paths, q_paths = ds.db_paths(), ds.query_paths()
+    for row, q in enumerate(queries):
+        query = load_rgb(q_paths[q])
+        axes[row, 0].imshow(query)
+        x0, y0, x1, y1 = ds.gnd[q]["bbx"]
+        axes[row, 0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", linewidth=2))
+        axes[row, 0].set_title(f"query {q}", fontsize=8)
+        for col, index in enumerate(np.argsort(-scores[:, row], kind="stable")[:topk], start=1):
+            kind = relevance(ds.gnd[q], index)
+            ax = axes[row, col]
+            ax.imshow(load_rgb(db_paths[index]))
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_color(FRAME[kind])
+                spine.set_linewidth(4)
+            ax.set_title(f"{col}: {scores[index, row]:.2f}", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def overlay(image, attention):
+    """Upsample an (h, w) attention map bilinearly to the image's size and scale it to [0, 1]."""
+    att = torch.as_tensor(attention, dtype=torch.float32)[None, None]
+    att = F.interpolate(att, size=(image.height, image.width), mode="bilinear", align_corners=False)[0, 0]
+    att = att - att.min()
+    return (att / att.max().clamp_min(1e-12)).numpy()
+
+
+def plot_attention(model, image_paths, out, imsize=512, width=1200):
+    """Per image: the image, then one panel per token for each attention source the model has; the PNG
+    written."""
+    to_tensor = to_normalized_tensor()
+    images = [resize_database(load_rgb(path), imsize) for path in image_paths]
+    maps = [model.attention_maps(to_tensor(img)[None]) for img in images]
+    sources = list(maps[0])
+    if not sources:
+        raise InputError("this model has no tokens (a pooling baseline): no attention maps to draw")
+    tokens = maps[0][sources[0]].shape[1]
+    fig, axes = _figure(len(images), 1 + tokens * len(sources), width)
+    for row, (img, per_source) in enumerate(zip(images, maps, strict=True)):
+        axes[row, 0].imshow(img)
+        for s, source in enumerate(sources):
+            for t in range(tokens):
+                ax = axes[row, 1 + s * tokens + t]
+                ax.imshow(img)
+                ax.imshow(overlay(img, per_source[source][0, t]), cmap="jet", alpha=0.5)
+                if row == 0:
+                    ax.set_title(f"{source} token {t + 1}", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
