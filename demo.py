@@ -79,23 +79,25 @@ def model_config(recipe, aggregation):
                        arcface_margin=recipe.margin, arcface_scale=recipe.scale)
 
 
-def training_args(recipe, name):
+def training_args(recipe, name, progress=True):
     """train.py's flags for the demo's model ``name``, parsed and checked (before any work is done)."""
     folder, aggregation = MODELS[name]
     flags = [*model_config(recipe, aggregation).as_flags(), "--data-root", recipe.data_root,
              "--output-dir", str(Path(recipe.run_dir) / folder), "--no-pretrained", "--device", "cpu",
              "--workers", "0", "--imsize", str(recipe.imsize), "--epochs", str(recipe.epochs),
              "--batch-size", str(recipe.batch_size), "--optimizer", "adamw", "--lr", str(recipe.lr),
-             "--weight-decay", str(recipe.weight_decay), "--schedule", "cosine", "--warmup-epochs", "1",
-             "--warmup-lr", str(recipe.lr / 100), "--seed", str(recipe.seed), "--crop-scale", "0.6", "1.0",
-             "--no-color-jitter"]
+             "--weight-decay", str(recipe.weight_decay), "--schedule", "cosine",
+             "--warmup-epochs", str(recipe.warmup_epochs), "--warmup-lr", str(recipe.lr / 100),
+             "--seed", str(recipe.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter",
+             *([] if progress else ["--no-progress"])]
     args = train_parser().parse_args(flags)
     check_args(args, CPU)
     return args
 
 
-def run_model(recipe, name):
-    """One row of the table: train (or initialise) the model ``name``, then evaluate it; runs in a worker."""
+def run_model(recipe, name, progress):
+    """One row of the table: train (or initialise) the model ``name``, then evaluate it, with progress bars or
+    (side by side with other jobs) only a log line per epoch."""
     torch.set_num_threads(1)
     folder, aggregation = MODELS[name]
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s", datefmt="%H:%M:%S",
@@ -107,11 +109,12 @@ def run_model(recipe, name):
         checkpoint = out / "checkpoint.pth"
         save_checkpoint(model_state(Token(model_config(recipe, "tokens"), pretrained=False)), checkpoint)
     else:
-        args = training_args(recipe, name)
+        args = training_args(recipe, name, progress)
         train(args, CPU)
         out, checkpoint = Path(args.output_dir), Path(args.output_dir) / "last.pth"
     settings = EvalSettings(checkpoint=str(checkpoint), data_root=recipe.data_root, datasets=["synthetic"],
-                            imsize=recipe.test_imsize, device="cpu", workers=0, output_dir=str(out / "eval"))
+                            imsize=recipe.test_imsize, device="cpu", workers=0, output_dir=str(out / "eval"),
+                            progress=progress)
     exact = evaluate_checkpoint(settings, CPU)["datasets"]["synthetic"]["runs"]["exact"]
     logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
     return {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}
@@ -121,10 +124,10 @@ def run_models(recipe, jobs):
     """The table's rows, in MODELS order; the two trainings start first."""
     order = sorted(MODELS, key=lambda name: MODELS[name][1] is None)
     if jobs == 1:
-        rows = {name: run_model(recipe, name) for name in order}
+        rows = {name: run_model(recipe, name, True) for name in order}
     else:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(run_model, recipe, name) for name in order}
+            futures = {name: pool.submit(run_model, recipe, name, False) for name in order}
             rows = {name: future.result() for name, future in futures.items()}
     return {name: rows[name] for name in MODELS}
 

@@ -62,6 +62,7 @@ class EvalSettings:
     top_n: int = TOP_N
     output_dir: str | None = None  # None: a temporary folder, deleted at the end, and no results.json
     shard_size: int = SHARD_SIZE
+    progress: bool = True  # progress bars of the extraction
 
 
 def get_args_parser():
@@ -120,6 +121,8 @@ def get_args_parser():
     output.add_argument("--shard-size", type=int, default=default["shard_size"],
                         help="images per feature shard: the unit that processes share and an interrupted run "
                              "resumes from")
+    output.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (for log files); the one-line reports stay")
     return parser
 
 
@@ -259,7 +262,7 @@ def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
     to ``output_dir`` after each test set when ``settings.output_dir`` is set). Features are kept under
     ``output_dir/features``. Under torchrun every rank extracts its share; rank 0 alone searches and reports
     (the other ranks return a report without datasets)."""
-    store = FeatureStore(output_dir / "features", env)
+    store = FeatureStore(output_dir / "features", env, settings.progress)
     report = {"checkpoint": str(settings.checkpoint), "model_config": model.config.to_dict(), "imsize": settings.imsize,
               "scales": settings.scales, "amp": settings.amp, "device": str(env.device),
               "processes": env.world_size, "datasets": {}}

@@ -92,9 +92,10 @@ def _gather(obj, env):
 class FeatureStore:
     """The feature sets under ``root`` (``<output_dir>/features``), shared by the ranks of ``env``."""
 
-    def __init__(self, root, env):
+    def __init__(self, root, env, progress=True):
         self.root = Path(root)
         self.env = env
+        self.progress = progress  # progress bars (rank 0 only)
         if env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -173,7 +174,7 @@ class FeatureStore:
         spans = [(k, k * size, min(count, (k + 1) * size)) for k in mine]
         start_time = time.perf_counter()
         with tqdm(total=sum(stop - start for _, start, stop in spans), unit="img", desc=name,
-                  disable=not self.env.is_main, mininterval=1.0, dynamic_ncols=True) as progress:
+                  disable=not (self.env.is_main and self.progress), mininterval=1.0, dynamic_ncols=True) as progress:
             for k, start, stop in spans:
                 save_array(self._shard(name, k), compute(start, stop, progress))
         return time.perf_counter() - start_time, sum(stop - start for _, start, stop in spans)

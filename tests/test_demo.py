@@ -13,14 +13,15 @@ import demo
 ROWS = {"untrained Token", "trained Token", "trained GeM baseline"}
 
 
-def run_demo(capsys, *flags):
+def run_demo(capfd, *flags):
     summary = demo.main([*flags])
-    return summary, capsys.readouterr().out
+    captured = capfd.readouterr()  # the workers' output too
+    return summary, captured.out, captured.err
 
 
-def test_quick_demo_end_to_end_writes_what_it_says_and_jobs_do_not_change_the_table(tmp_path, capsys):
+def test_quick_demo_end_to_end_writes_what_it_says_and_jobs_do_not_change_the_table(tmp_path, capfd):
     data = tmp_path / "data"
-    summary, printed = run_demo(capsys, "--quick", "--run-dir", str(tmp_path / "two"), "--data-root", str(data))
+    summary, printed, logged = run_demo(capfd, "--quick", "--run-dir", str(tmp_path / "two"), "--data-root", str(data))
     assert set(summary["mAP"]) == ROWS
     for row in summary["mAP"].values():
         assert all(0 <= row[p] <= 100 for p in ("easy", "medium", "hard"))
@@ -37,8 +38,9 @@ def test_quick_demo_end_to_end_writes_what_it_says_and_jobs_do_not_change_the_ta
     paths = wrote.removeprefix("wrote ").split(", ")
     assert len(paths) == 4 and all(Path(p).is_file() for p in paths), paths
     assert "None" not in wrote
+    assert "[trained Token] epoch 1/1: train loss" in logged and "it/s]" not in logged  # no bars over each other
 
-    again, printed_again = run_demo(capsys, "--quick", "--jobs", "1", "--run-dir", str(tmp_path / "one"),
+    again, printed_again, _ = run_demo(capfd, "--quick", "--jobs", "1", "--run-dir", str(tmp_path / "one"),
                                     "--data-root", str(data))
     table = lambda text: re.findall(r"^\|.*\|$", text, re.M)  # noqa: E731
     assert again["mAP"] == summary["mAP"] and table(printed_again) == table(printed)
@@ -51,8 +53,8 @@ def test_bad_training_settings_stop_the_demo_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "data").exists()
 
 
-def test_the_demo_recipe_lifts_the_token_by_20_medium_points(tmp_path, capsys):
+def test_the_demo_recipe_lifts_the_token_by_20_medium_points(tmp_path, capfd):
     """The demo exactly as `make demo` runs it (its world, recipe and jobs), in a temporary folder."""
-    summary, _ = run_demo(capsys, "--run-dir", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"))
+    summary, _, _ = run_demo(capfd, "--run-dir", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"))
     untrained, token = (summary["mAP"][name]["medium"] for name in ("untrained Token", "trained Token"))
     assert token >= untrained + 20, summary["mAP"]

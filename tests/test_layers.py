@@ -1,10 +1,20 @@
-"""Imports point down: the generic helpers in utils/ use none of the packages built on them."""
+"""Imports point down: each layer uses only the layers below it, and no code imports a script.
+
+    utils  <  datasets, networks  <  training, retrieval  <  scripts (train, test, demo, visualize), benchmarks
+"""
 
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-UPPER = {"retrieval", "datasets", "networks", "training", "benchmarks", "test", "train", "demo", "visualize"}
+SCRIPTS = {"train", "test", "demo", "visualize"}
+# package -> the project's top-level names it may import (besides itself)
+ALLOWED = {"utils": set(), "datasets": {"utils"}, "networks": {"utils"},
+           "training": {"utils", "datasets", "networks"}, "retrieval": {"utils", "datasets", "networks"},
+           "benchmarks": {"utils", "datasets", "networks", "training", "retrieval"}}
+PROJECT = set(ALLOWED) | SCRIPTS
 
 
 def imported_modules(path):
@@ -15,14 +25,15 @@ def imported_modules(path):
             yield node.module
 
 
-def test_utils_imports_no_upper_package():
-    found = {f"{path.name}: {name}" for path in sorted((ROOT / "utils").glob("*.py"))
-             for name in imported_modules(path) if name.split(".")[0] in UPPER}
-    assert not found
+def upward_imports(paths, allowed):
+    return {f"{path.relative_to(ROOT)}: {name}" for path in paths for name in imported_modules(path)
+            if name.split(".")[0] in PROJECT - allowed}
 
 
-def test_retrieval_imports_no_script():
-    scripts = {"test", "train", "demo", "visualize", "benchmarks"}
-    found = {f"{path.name}: {name}" for path in sorted((ROOT / "retrieval").glob("*.py"))
-             for name in imported_modules(path) if name.split(".")[0] in scripts}
-    assert not found
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_imports_only_the_layers_below_it(package):
+    assert not upward_imports(sorted((ROOT / package).rglob("*.py")), ALLOWED[package] | {package})
+
+
+def test_no_script_imports_another_script():
+    assert not upward_imports([ROOT / f"{script}.py" for script in sorted(SCRIPTS)], set(ALLOWED))

@@ -89,7 +89,7 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args
     meter = StepMeter(env.device)
     end = (epoch + 1) * steps_per_epoch
     bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
-               disable=not env.is_main, dynamic_ncols=True, mininterval=1.0)
+               disable=not (env.is_main and args.progress), dynamic_ncols=True, mininterval=1.0)
     trained = False  # whether any micro-batch of the current optimizer step made gradients
     for i, (images, labels, skipped) in enumerate(loader):
         meter.count_skipped(skipped)
@@ -137,7 +137,7 @@ def validate(model, loader, args, env):
     k = min(5, model.arcface.weight.shape[0])
     sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss, top-1 hits, top-k hits
     images_seen = images_skipped = 0
-    for images, labels, skipped in tqdm(loader, desc="val", leave=False, disable=not env.is_main,
+    for images, labels, skipped in tqdm(loader, desc="val", leave=False, disable=not (env.is_main and args.progress),
                                         dynamic_ncols=True, mininterval=1.0):
         images_skipped += skipped
         images_seen += len(labels)

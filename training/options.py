@@ -10,7 +10,7 @@ from utils.errors import InputError
 
 # Flags that may change when resuming (e.g. a lower --lr or --clip-grad after a NaN); all others must match.
 MAY_CHANGE_ON_RESUME = {"epochs", "lr", "clip_grad", "amp", "resume", "output_dir", "data_root", "cache_dir", "workers",
-                        "device", "save_every", "log_every", "pretrained", "backbone_weights"}
+                        "device", "save_every", "log_every", "progress", "pretrained", "backbone_weights"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -90,6 +90,8 @@ def get_args_parser():
                      help="also save last.pth every STEPS optimizer steps within an epoch (0: at epoch ends only)")
     run.add_argument("--log-every", type=int, default=20, metavar="STEPS",
                      help="steps between progress-bar updates of loss and images/s (and checks for a NaN loss)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bars (for log files); the log line of every epoch stays")
     return parser
 
 

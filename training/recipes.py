@@ -13,7 +13,8 @@ class DemoRecipe:
     data_root: str = "data/synthetic"
     run_dir: str = "runs/demo"
     seed: int = 0
-    epochs: int = 10
+    epochs: int = 4
+    warmup_epochs: float = 2  # linear warm-up from lr / 100, then a cosine to 0
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -33,4 +34,5 @@ DEMO = DemoRecipe(world=dict(num_train_landmarks=100),
 QUICK = DemoRecipe(world=dict(num_train_landmarks=6, images_per_landmark=(4, 6), num_test_landmarks=3,
                               db_views_per_landmark=(4, 6), num_distractors=10),
                    model=dict(backbone="resnet18", dim=32, out_dim=32, heads=4),
-                   data_root="data/synthetic/quick", run_dir="runs/demo/quick", epochs=1, batch_size=8, test_imsize=64)
+                   data_root="data/synthetic/quick", run_dir="runs/demo/quick", epochs=1, warmup_epochs=1,
+                   batch_size=8, test_imsize=64)
