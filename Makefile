@@ -9,8 +9,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	# --no-compile: modules are byte-compiled when first imported, not all of torch up front (README, "The demo")
+	$(VENV)/bin/pip install --quiet --no-compile --disable-pip-version-check -r requirements.txt
 	touch $@
 
 demo: setup

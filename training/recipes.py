@@ -29,8 +29,8 @@ class DemoRecipe:
         return f"{self.run_dir}/token/last.pth"
 
 
-DEMO = DemoRecipe(world=dict(num_train_landmarks=100),
-                  model=dict(backbone="resnet18", dim=128, out_dim=1024, heads=4))
+DEMO = DemoRecipe(world=dict(num_train_landmarks=100, num_distractors=50),
+                  model=dict(backbone="resnet18", dim=256, out_dim=1024, heads=4))
 QUICK = DemoRecipe(world=dict(num_train_landmarks=6, images_per_landmark=(4, 6), num_test_landmarks=3,
                               db_views_per_landmark=(4, 6), num_distractors=10),
                    model=dict(backbone="resnet18", dim=32, out_dim=32, heads=4),
