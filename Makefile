@@ -2,21 +2,28 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# --no-compile: modules are byte-compiled when first imported, not all of torch up front (README, "The demo")
+PIP := $(VENV)/bin/pip install --quiet --no-compile --disable-pip-version-check
 
-.PHONY: setup demo test lint
+.PHONY: setup setup-dev demo test lint
 
 setup: $(VENV)/.installed
 
+setup-dev: $(VENV)/.installed-dev
+
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	# --no-compile: modules are byte-compiled when first imported, not all of torch up front (README, "The demo")
-	$(VENV)/bin/pip install --quiet --no-compile --disable-pip-version-check -r requirements.txt
+	$(PIP) -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
 	touch $@
 
 demo: setup
 	$(PY) demo.py
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check .
 
 test: lint

@@ -96,8 +96,8 @@ def training_args(recipe, name, progress=True):
 
 
 def run_model(recipe, name, progress):
-    """One row of the table: train (or initialise) the model ``name``, then evaluate it, with progress bars or
-    (side by side with other jobs) only a log line per epoch."""
+    """Train (or initialise) the model ``name`` and evaluate it, with progress bars or (side by side with other
+    jobs) a log line per epoch: its row of the table and the figures it drew (the trained Token's)."""
     torch.set_num_threads(1)
     folder, aggregation = MODELS[name]
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s", datefmt="%H:%M:%S",
@@ -117,11 +117,12 @@ def run_model(recipe, name, progress):
                             progress=progress)
     exact = evaluate_checkpoint(settings, CPU)["datasets"]["synthetic"]["runs"]["exact"]
     logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
-    return {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}
+    drawn = figures(recipe) if name == "trained Token" else []  # while the other worker finishes
+    return {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}, drawn
 
 
 def run_models(recipe, jobs):
-    """The table's rows, in MODELS order; the two trainings start first."""
+    """The table's rows, in MODELS order, and the figures drawn; the two trainings start first."""
     order = sorted(MODELS, key=lambda name: MODELS[name][1] is None)
     if jobs == 1:
         rows = {name: run_model(recipe, name, True) for name in order}
@@ -129,7 +130,7 @@ def run_models(recipe, jobs):
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {name: pool.submit(run_model, recipe, name, False) for name in order}
             rows = {name: future.result() for name, future in futures.items()}
-    return {name: rows[name] for name in MODELS}
+    return {name: rows[name][0] for name in MODELS}, [png for name in MODELS for png in rows[name][1]]
 
 
 def table(rows):
@@ -138,17 +139,14 @@ def table(rows):
     return "\n".join(lines)
 
 
-def figures(recipe, figures_dir):
-    """The Token's training curves, top retrievals and attention maps; the paths of the PNGs written."""
+def figures(recipe):
+    """The trained Token's training curves, top retrievals and attention maps; the paths of the PNGs written."""
     token = Path(recipe.run_dir) / MODELS["trained Token"][0]
     out = Path(recipe.run_dir) / "figures"
     queries = sorted((Path(recipe.data_root) / "test" / "synthetic" / "jpg").glob("query_*.jpg"))[:3]
     written = [plot_training_curves(token / "metrics.csv", out / "training_curves.png"),
                plot_retrievals(recipe.data_root, "synthetic", token / "eval" / "features", out / "retrievals.png"),
                plot_attention(load_token(token / "last.pth"), queries, out / "attention.png", recipe.test_imsize)]
-    if figures_dir:
-        Path(figures_dir).mkdir(parents=True, exist_ok=True)
-        written += [shutil.copy(png, Path(figures_dir) / Path(png).name) for png in list(written)]
     return [Path(png) for png in written]
 
 
@@ -163,8 +161,10 @@ def main(argv=None):
             training_args(recipe, name)
     start = time.time()
     ensure_generated(recipe.data_root, seed=recipe.seed, **recipe.world)
-    rows = run_models(recipe, args.jobs)
-    written = figures(recipe, args.figures_dir)
+    rows, written = run_models(recipe, args.jobs)
+    if args.figures_dir:
+        Path(args.figures_dir).mkdir(parents=True, exist_ok=True)
+        written += [Path(shutil.copy(png, Path(args.figures_dir) / png.name)) for png in list(written)]
     minutes = (time.time() - start) / 60
     print(f"\nmAP (%) on the synthetic benchmark, {minutes:.1f} min with {args.jobs} process(es) of one thread\n")
     print(table(rows))
