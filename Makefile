@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TEST_JOBS ?= 2  # pytest processes; one test file stays in one process (its fixtures are built once)
 # --no-compile: modules are byte-compiled when first imported, not all of torch up front (README, "The demo")
 PIP := $(VENV)/bin/pip install --quiet --no-compile --disable-pip-version-check
 
@@ -27,4 +28,4 @@ lint: setup-dev
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
