@@ -302,7 +302,7 @@ def test_concurrent_callers_generate_once(tmp_path):
 
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_ensure_in_child, args=((tmp_path / "shared", queue),)) for _ in range(2)]
+    procs = [ctx.Process(target=_ensure_in_child, args=((tmp_path / "world", queue),)) for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
