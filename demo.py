@@ -75,8 +75,7 @@ def recipe_of(args):
 
 
 def model_config(recipe, aggregation):
-    return TokenConfig(**recipe.model, aggregation=aggregation, dropout=0.0, drop_path=0.0,
-                       arcface_margin=recipe.margin, arcface_scale=recipe.scale)
+    return TokenConfig(**recipe.model, aggregation=aggregation)
 
 
 def training_args(recipe, name, progress=True):

@@ -7,7 +7,8 @@ import torch
 
 from networks import Token, TokenConfig, load_token
 from networks.checkpoint import model_state
-from training.options import get_args_parser
+from training.options import check_args, get_args_parser
+from utils.distributed import DistEnv
 from utils.errors import InputError
 
 ABLATION = TokenConfig(backbone="resnet18", dim=64, out_dim=32, num_tokens=2, heads=4, lfsa_blocks=0,
@@ -19,6 +20,12 @@ ABLATION = TokenConfig(backbone="resnet18", dim=64, out_dim=32, num_tokens=2, he
 def test_train_flags_round_trip_every_field(config):
     args = get_args_parser().parse_args(config.as_flags())
     assert TokenConfig.from_args(args) == config
+
+
+def test_train_flags_that_cannot_build_a_model_are_refused_before_any_data_is_read():
+    args = get_args_parser().parse_args(["--dim", "64", "--heads", "7"])
+    with pytest.raises(InputError, match="model settings: heads \\(7\\) must divide dim \\(64\\)"):
+        check_args(args, DistEnv(0, 1, torch.device("cpu")))
 
 
 def test_every_field_is_a_train_flag_with_help():

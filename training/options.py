@@ -107,6 +107,10 @@ def check_args(args, env):
         raise InputError(f"--imsize {args.imsize}: at least 32 pixels (the backbone's stride)")
     if args.nesterov and args.momentum <= 0:
         raise InputError("Nesterov momentum needs --momentum > 0 (or pass --no-nesterov)")
+    try:
+        TokenConfig.from_args(args)
+    except ValueError as err:
+        raise InputError(f"model settings: {err}") from None
     return args.batch_size // share
 
 

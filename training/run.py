@@ -62,11 +62,8 @@ def build_model(args, num_classes, env):
     """Token with an ArcFace head on ``env.device``; channels-last and SyncBatchNorm on GPUs."""
     torch.manual_seed(args.seed)
     with main_process_first(env):  # rank 0 downloads the ImageNet weights, the others read the cache
-        try:
-            model = Token(TokenConfig.from_args(args), num_classes=num_classes, pretrained=args.pretrained,
-                          backbone_weights=args.backbone_weights)
-        except ValueError as err:
-            raise InputError(f"model settings: {err}") from None
+        model = Token(TokenConfig.from_args(args), num_classes=num_classes, pretrained=args.pretrained,
+                      backbone_weights=args.backbone_weights)  # the settings passed check_args
     if env.distributed and env.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(env.device, memory_format=memory_format(env.device))
