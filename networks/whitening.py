@@ -1,0 +1,67 @@
+"""PCA whitening of global descriptors, learned or read from a released file.
+
+A whitening is a mean m (D,), principal directions P (k, D) and their variances s (k,). Applied with power p,
+v directions and multiplier c (deep-image-retrieval's ``--whitenp``, ``--whitenv``, ``--whitenm``):
+
+    y = (x - m) P[:v]^T / (c s[:v]^p)   (the division only when ``whiten`` is set), then y / ||y||.
+
+p = 0.5 is full whitening, p = 0 a plain PCA projection. ``fit`` learns one from descriptors (rows of x),
+as scikit-learn's ``PCA(whiten=True)`` does: variances are those of the centred data with n - 1 degrees of freedom.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class PCAWhitening:
+    mean: np.ndarray
+    components: np.ndarray
+    variance: np.ndarray
+    whiten: bool = True
+
+    def __post_init__(self):
+        k, dim = self.components.shape
+        if self.mean.shape != (dim,) or self.variance.shape != (k,):
+            raise ValueError(f"whitening shapes do not agree: mean {self.mean.shape}, components "
+                             f"{self.components.shape}, variance {self.variance.shape}")
+
+    @property
+    def dim(self):
+        """Input dimension D."""
+        return self.components.shape[1]
+
+    def __call__(self, x, power=0.25, dims=None, multiplier=1.0):
+        """Whitened, L2-normalised rows of ``x`` (N, D), in ``x``'s float dtype."""
+        x = np.asarray(x)
+        dims = self.components.shape[0] if dims is None else dims
+        y = (x.astype(np.float64) - self.mean) @ self.components[:dims].T
+        if self.whiten:
+            y = y / (multiplier * self.variance[:dims] ** power)
+        y /= np.linalg.norm(y, axis=1, keepdims=True) + EPS
+        return y.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
+
+    @classmethod
+    def fit(cls, x, dims=None):
+        """The PCA of rows ``x`` (N, D): directions by decreasing variance, at most min(N - 1, D) of them."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"fitting a whitening needs at least 2 descriptors as rows, got shape {x.shape}")
+        mean = x.mean(axis=0)
+        _, sing, vt = np.linalg.svd(x - mean, full_matrices=False)
+        keep = min(len(x) - 1, x.shape[1]) if dims is None else dims
+        variance = sing[:keep] ** 2 / (len(x) - 1)
+        return cls(mean, vt[:keep], np.maximum(variance, EPS))
+
+    def to_arrays(self):
+        """The plain arrays an ``.npz`` holds (``np.savez(path, **w.to_arrays())``)."""
+        return {"mean": self.mean, "components": self.components, "variance": self.variance,
+                "whiten": np.array(self.whiten)}
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        return cls(np.asarray(arrays["mean"], dtype=np.float64), np.asarray(arrays["components"], dtype=np.float64),
+                   np.asarray(arrays["variance"], dtype=np.float64), bool(arrays["whiten"]))
