@@ -126,7 +126,7 @@ def cli(server, data_root, *extra):
 
 
 def test_full_download_then_rerun_fetches_nothing(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "R1M_PARTS", 2)
+    monkeypatch.setattr(download.revisitop, "R1M_PARTS", 2)
     cli(server, tmp_path, "--r1m")
     for name, n_db in (("roxford5k", 3), ("rparis6k", 3)):
         ds = load_revisitop(tmp_path, name)
