@@ -1,6 +1,7 @@
 """``python -m datasets.download {revisitop,gldv2,models}``: the flags, read top to bottom."""
 
 import argparse
+import urllib.parse
 from pathlib import Path
 
 from datasets.download import gldv2, models, revisitop
@@ -19,6 +20,15 @@ def _folder(path, flag):
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file: expected a folder (created if missing)")
     return path
+
+
+def _check_urls(args):
+    """Every ``--*-url`` flag must be an http(s) address: an ``InputError`` naming the first that is not."""
+    for name, value in vars(args).items():
+        parsed = urllib.parse.urlsplit(value) if name.endswith("url") else None
+        if parsed and (parsed.scheme not in ("http", "https") or not parsed.netloc):
+            raise InputError(f"--{name.replace('_', '-')} {value!r} is not a URL: expected http://host/path or "
+                             "https://host/path")
 
 
 def _revisitop_parser(commands):
@@ -79,6 +89,7 @@ def _parser():
 @fail_cleanly
 def main(argv=None):
     args = _parser().parse_args(argv)
+    _check_urls(args)
     if args.command == "revisitop":
         data_root = _folder(args.data_root, "--data-root")
         images_url = {"roxford5k": args.oxford_url, "rparis6k": args.paris_url}

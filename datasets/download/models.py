@@ -29,6 +29,10 @@ def _by_hand(release, path):
     return f"download {release.address} in a browser and put it at {path}"
 
 
+def _first_line(err):
+    return str(err).splitlines()[0].rstrip(".")
+
+
 def _partial_files(path):
     return sorted(path.parent.glob(f"{path.name}????????.part"))
 
@@ -55,13 +59,13 @@ def _download(release, path, base_url):
         _gdown(release, path, url)
     except GdownError as err:
         if "byte range" not in str(err):  # an interrupted transfer: the partial file is kept for the rerun
-            raise DownloadError(f"{url}: {str(err).splitlines()[0]} rerun to resume it") from None
+            raise DownloadError(f"{url}: {_first_line(err)}; rerun to resume it") from None
         for partial in _partial_files(path):
             partial.unlink()
         try:
             _gdown(release, path, url)
         except GdownError as again:
-            raise DownloadError(f"{url}: {str(again).splitlines()[0]} rerun to resume it") from None
+            raise DownloadError(f"{url}: {_first_line(again)}; rerun to resume it") from None
 
 
 def check_checkpoint_bytes(path, release, url):
