@@ -159,3 +159,13 @@ def test_help_explains_every_flag(capsys):
         assert flag in text
     # --data-root is the one data root of train.py and test.py: the test sets go to DATA_ROOT/test/<name>/.
     assert "DATA_ROOT/test/<name>/" in text and "DATA_ROOT/Google-landmark-v2/" in text
+
+
+@pytest.mark.parametrize("command, flags", [("gldv2", ("--data-root", "--parts", "--jobs", "--base-url")),
+                                            ("models", ("NAME", "--dest", "--base-url", "R101-AP-GeM-LM18"))])
+def test_help_of_gldv2_and_models_explains_every_flag(capsys, command, flags):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in flags)

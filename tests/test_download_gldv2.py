@@ -124,3 +124,4 @@ def test_parts_are_ranges_and_lists(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["gldv2", "--data-root", str(tmp_path / "file")])
     assert f"--data-root {tmp_path / 'file'} is a file: expected a folder" in capsys.readouterr().err
+

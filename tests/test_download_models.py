@@ -66,6 +66,15 @@ def test_interrupted_download_resumes_with_a_range(server, tmp_path, capsys):
     assert (tmp_path / TOKEN.file).read_bytes() == server.files[PATH] and not partial.exists()
 
 
+def test_a_partial_file_restarts_when_the_server_ignores_the_range(server, tmp_path, capsys):
+    server.cut[PATH] = 700_000
+    fails(capsys, server.url, tmp_path, "R50-Token")
+    server.ignore_range = True  # answers 200 with the whole file: gdown refuses to splice, the rerun starts afresh
+    fetch_models(server.url, tmp_path, "R50-Token")
+    assert (tmp_path / TOKEN.file).read_bytes() == server.files[PATH]
+    assert not list(tmp_path.glob("*.part"))
+
+
 def test_a_file_that_differs_from_its_recorded_sha256_is_fetched_once_more(server, tmp_path, capsys):
     fetch_models(server.url, tmp_path, "R50-Token")
     path = tmp_path / TOKEN.file

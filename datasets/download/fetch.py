@@ -70,6 +70,7 @@ def fetch(url, dest, desc=None, bar=None):
     have = part.stat().st_size if part.is_file() else 0
     response = _open(url, have)
     if isinstance(response, urllib.error.HTTPError):
+        response.close()
         if response.code == 416 and have:  # nothing left past the .part: complete if the sizes agree
             if content_range(response.headers.get("Content-Range"))[1] == have:
                 part.replace(dest)

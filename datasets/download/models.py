@@ -50,6 +50,8 @@ def _gdown(release, path, url):
     except FileURLRetrievalError:
         raise DownloadError(f"{url}: Google Drive did not hand out the file (quota exceeded or access denied); "
                             f"rerun tomorrow, or {_by_hand(release, path)}") from None
+    except requests.RequestException as err:
+        raise DownloadError(f"{url}: {err}; {_by_hand(release, path)}") from None
 
 
 def _download(release, path, base_url):
