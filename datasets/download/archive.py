@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from datasets.download.fetch import CHUNK, DownloadError
 
-MAX_MEMBER_BYTES = 100 * 2**20  # 100 MiB: the largest archived image of ROxf/RPar/R1M/GLDv2 is a few MiB
+MAX_MEMBER_BYTES = 100 * 2**20  # 100 MiB: a bound far above any photo of these datasets, below a disk-filling member
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
