@@ -2,8 +2,10 @@
 
 import io
 import re
+import sys
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
@@ -35,16 +37,26 @@ def tgz(files):
     return tar_bytes(files, "w:gz")
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Says nothing when a client drops the connection mid-response, as the interruption tests make them do."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class Server:
     """Serves ``files`` (URL path with its query -> bytes) with Range support; records ``(path, Range header)``.
 
     ``ignore_range`` makes it answer 200 with the whole file, as servers without Range support do.
     ``cut[path] = n`` makes the next response for ``path`` stop after n body bytes and drop the connection.
     ``fail[path] = code`` makes every response for ``path`` that HTTP error.
+    ``slow[path] = s`` makes responses for ``path`` pause ``s`` seconds after each 16 KiB.
     """
 
     def __init__(self, files):
         self.files, self.requests, self.cut, self.fail, self.ignore_range = files, [], {}, {}, False
+        self.slow = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,12 +79,18 @@ class Server:
                 self.send_header("Content-Length", str(len(data) - start))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
-                self.wfile.write(data[start:start + server.cut.pop(self.path, len(data))])
+                body = data[start:start + server.cut.pop(self.path, len(data))]
+                pause = server.slow.get(self.path)
+                step = 1 << 14 if pause else max(len(body), 1)
+                for offset in range(0, len(body), step):
+                    self.wfile.write(body[offset:offset + step])
+                    if pause:
+                        time.sleep(pause)
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
         self.thread.start()

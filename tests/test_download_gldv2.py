@@ -1,6 +1,11 @@
 """The GLDv2 downloader against a local HTTP server laid out like the CVDF mirror (CSVs, tars, md5 lists)."""
 
 import hashlib
+import os
+import random
+import signal
+import threading
+import time
 
 import pytest
 
@@ -125,3 +130,29 @@ def test_parts_are_ranges_and_lists(tmp_path, capsys):
         main(["gldv2", "--data-root", str(tmp_path / "file")])
     assert f"--data-root {tmp_path / 'file'} is a file: expected a folder" in capsys.readouterr().err
 
+
+def test_ctrl_c_stops_every_running_part_at_once_and_a_rerun_resumes(server, tmp_path, capsys):
+    tars = {}  # file name -> URL path
+    for part in (0, 1):
+        big = {f"{i[0]}/{i[1]}/{i[2]}/{i}.jpg": jpeg((6, 5), (1, 2, 3)) for i in PARTS[part]}
+        big[f"0/0/0/000000000000000{part}.jpg"] = random.Random(part).randbytes(1 << 20)
+        set_part(server.files, part, tar_bytes(big, mode="w"))
+        tars[f"images_00{part}.tar"] = path = f"/gl/train/images_00{part}.tar"
+        server.slow[path] = 0.2  # 64 blocks of 16 KiB: 13 s for each part
+    work = tmp_path / "Google-landmark-v2/download"
+
+    def press_ctrl_c_once_both_parts_arrive():
+        deadline = time.monotonic() + 60
+        while len([p for p in work.glob("*.tar.part") if p.stat().st_size]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT: Python raises KeyboardInterrupt in the main thread
+
+    threading.Thread(target=press_ctrl_c_once_both_parts_arrive, daemon=True).start()
+    assert fails(capsys, server, tmp_path).startswith("error: interrupted (Ctrl-C)")
+    kept = {name: (work / f"{name}.part").stat().st_size for name in tars}
+    assert all(0 < kept[name] < len(server.files[path]) for name, path in tars.items())  # both stopped mid-file
+
+    server.slow.clear()
+    download(server, tmp_path)
+    assert {(path, f"bytes={kept[name]}-") for name, path in tars.items()} <= set(server.requests)
+    assert all((tmp_path / "Google-landmark-v2" / image_path(i)).is_file() for part in (0, 1) for i in PARTS[part])

@@ -1,6 +1,6 @@
 """The one extraction routine of the downloaders: the files of a ``.tar`` / ``.tar.gz`` into an image folder.
 
-Each file is written under ``<name>.tmp`` and renamed, so a present file is a complete one. A gzip stream is
+Each file is written under ``<name>.<thread id>.tmp`` and renamed, so a present file is a complete one. A gzip stream is
 read to its end, which checks its CRC. What can go wrong, and what is left:
 
 - a corrupt archive (truncated, bad CRC): the files it gave and the archive are deleted, so that a rerun
@@ -14,6 +14,7 @@ read to its end, which checks its CRC. What can go wrong, and what is left:
 import gzip
 import shutil
 import tarfile
+import threading
 import zlib
 from pathlib import Path, PurePosixPath
 
@@ -68,7 +69,7 @@ def extract(archive, images_dir, flatten, progress=True):
                                         f"{MAX_MEMBER_BYTES} bytes allowed for one image (MAX_MEMBER_BYTES): "
                                         "refused; this is not the published archive, delete it and rerun")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".tmp")
+                tmp = target.with_name(f"{target.name}.{threading.get_native_id()}.tmp")  # one per thread
                 with tar.extractfile(member) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
                 tmp.replace(target)

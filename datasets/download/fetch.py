@@ -111,7 +111,7 @@ def _write_body(response, url, part, mode, bar):
         with open(part, mode) as out:
             while True:
                 try:
-                    chunk = response.read(CHUNK)
+                    chunk = response.read1(CHUNK)  # what has arrived: a stop request is seen between chunks
                 except (OSError, HTTPException) as err:
                     raise DownloadError(f"{url}: interrupted ({err.__class__.__name__}: {err}); rerun to resume "
                                         f"from {part}") from None

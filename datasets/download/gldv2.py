@@ -8,7 +8,8 @@ of a part are already laid out as ``a/b/c/<id>.jpg``, the first three characters
 The CSVs go to ``DATA_ROOT/Google-landmark-v2/``; parts and checksums are downloaded, resumable, to its
 ``download/`` folder, several at a time (``--jobs``). A part is md5-checked (a mismatching one is downloaded
 once more, then reported), extracted into ``train/`` with temporary names and renames, marked
-``download/images_NNN.tar.done`` and deleted. A rerun skips the parts marked done. At the end the images of
+``download/images_NNN.tar.done`` and deleted. Ctrl-C stops every running download at its next chunk, keeping
+its ``.part``. A rerun skips the parts marked done and resumes the others. At the end the images of
 train_clean.csv still missing are counted and the first few named.
 """
 
@@ -60,12 +61,15 @@ def read_md5(md5_file, name):
 
 
 class _SharedBar:
-    """A byte bar advanced from several download threads."""
+    """A byte bar advanced from several download threads; once ``stop`` is set, each download ends at its next
+    chunk (its ``.part`` kept for the rerun)."""
 
     def __init__(self, bar):
-        self.bar, self.lock = bar, threading.Lock()
+        self.bar, self.lock, self.stop = bar, threading.Lock(), threading.Event()
 
     def update(self, n):
+        if self.stop.is_set():
+            raise DownloadError("stopped by Ctrl-C")
         with self.lock:
             self.bar.update(n)
 
@@ -102,16 +106,22 @@ def _run_parts(todo, gldv2_dir, base_url, jobs, n_asked):
             ThreadPoolExecutor(max_workers=jobs) as pool:
         bar = _SharedBar(bytes_bar)
         futures = [pool.submit(download_part, i, gldv2_dir, base_url, bar) for i in todo]
-        for future in as_completed(futures):
-            if future.cancelled():
-                continue
-            try:
-                future.result()
-                parts_bar.update()
-            except DownloadError as err:
-                errors.append(err)
-                for pending in futures:
-                    pending.cancel()
+        try:
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                try:
+                    future.result()
+                    parts_bar.update()
+                except DownloadError as err:
+                    errors.append(err)
+                    for pending in futures:
+                        pending.cancel()
+        except KeyboardInterrupt:  # the running downloads stop at their next chunk, so the exit comes at once
+            bar.stop.set()
+            for pending in futures:
+                pending.cancel()
+            errors = [DownloadError("interrupted (Ctrl-C)")]
     if errors:
         more = f" ({len(errors) - 1} more parts failed)" if len(errors) > 1 else ""
         raise DownloadError(f"{errors[0]}{more}; finished parts are kept, rerun to continue")
