@@ -11,6 +11,7 @@ import tarfile
 import pytest
 
 from datasets.download import MAX_MEMBER_BYTES, DownloadError, archive, extract, fetch, main
+from networks import zoo
 from tests.http_server import Server, jpeg, tar_bytes, tgz
 
 
@@ -68,6 +69,19 @@ def test_full_disk_during_a_download_is_one_line(tmp_path, small_disk):
             fetch(f"{server.url}/big.tar.gz", small_disk / "big.tar.gz")
     finally:
         server.close()
+
+
+def test_full_disk_during_a_released_model_download_is_one_line(small_disk, capsys):
+    release = zoo.RELEASED["R101-Token"]
+    server = Server({f"/uc?id={release.drive_id}": b"PK\x03\x04" + noise(2_000_000)})
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["models", release.name, "--dest", str(small_disk), "--base-url", server.url])
+    finally:
+        server.close()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: cannot write {small_disk}") and "(No space left on device)" in err
 
 
 def test_write_failure_in_process_removes_the_tmp(tmp_path, monkeypatch):

@@ -52,6 +52,9 @@ def _gdown(release, path, url):
                             f"rerun tomorrow, or {_by_hand(release, path)}") from None
     except requests.RequestException as err:
         raise DownloadError(f"{url}: {err}; {_by_hand(release, path)}") from None
+    except OSError as err:  # a full disk or an unwritable folder while gdown writes the partial file
+        raise DownloadError(f"cannot write {err.filename or path.parent} ({err.strerror or err}): free space or "
+                            "fix the folder and rerun to resume") from None
 
 
 def _download(release, path, base_url):
