@@ -1,41 +1,14 @@
 """The downloader against a local HTTP server holding small archives in the official shapes."""
 
-import io
 import pickle
-import re
-import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from PIL import Image
 
 from datasets import download
 from datasets.download import DownloadError, extract, fetch, main
 from datasets.images import load_rgb
 from datasets.revisitop import R1M, load_revisitop
-
-
-def jpeg(size, colour):
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def tgz(files):
-    """A .tar.gz of ``{member name: bytes}``, folders included as the official archives have them."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        folders = sorted({name.rsplit("/", 1)[0] for name in files if "/" in name})
-        for folder in folders:
-            info = tarfile.TarInfo(folder)
-            info.type = tarfile.DIRTYPE
-            tar.addfile(info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+from tests.http_server import Server, jpeg, tgz
 
 
 def gnd_pickle(imlist, qimlist):
@@ -67,51 +40,6 @@ def remote_files():
     }
 
 
-class Server:
-    """Serves ``files`` with Range support; records ``(path, Range header)`` of every request.
-
-    ``ignore_range`` makes it answer 200 with the whole file, as servers without Range support do.
-    ``cut[path] = n`` makes the next response for ``path`` stop after n body bytes and drop the connection.
-    """
-
-    def __init__(self, files):
-        self.files, self.requests, self.cut, self.ignore_range = files, [], {}, False
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                data, asked = server.files.get(self.path), self.headers.get("Range")
-                server.requests.append((self.path, asked))
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = int(re.fullmatch(r"bytes=(\d+)-", asked).group(1)) if asked and not server.ignore_range else 0
-                if start >= len(data) > 0:
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(data)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                self.wfile.write(data[start:start + server.cut.pop(self.path, len(data))])
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
     srv = Server(remote_files())
@@ -126,7 +54,7 @@ def cli(server, data_root, *extra):
 
 
 def test_full_download_then_rerun_fetches_nothing(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "R1M_PARTS", 2)
+    monkeypatch.setattr(download.revisitop, "R1M_PARTS", 2)
     cli(server, tmp_path, "--r1m")
     for name, n_db in (("roxford5k", 3), ("rparis6k", 3)):
         ds = load_revisitop(tmp_path, name)
@@ -231,3 +159,13 @@ def test_help_explains_every_flag(capsys):
         assert flag in text
     # --data-root is the one data root of train.py and test.py: the test sets go to DATA_ROOT/test/<name>/.
     assert "DATA_ROOT/test/<name>/" in text and "DATA_ROOT/Google-landmark-v2/" in text
+
+
+@pytest.mark.parametrize("command, flags", [("gldv2", ("--data-root", "--parts", "--jobs", "--base-url")),
+                                            ("models", ("NAME", "--dest", "--base-url", "R101-AP-GeM-LM18"))])
+def test_help_of_gldv2_and_models_explains_every_flag(capsys, command, flags):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in flags)

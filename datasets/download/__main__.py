@@ -1,0 +1,3 @@
+from datasets.download.cli import main
+
+main()
