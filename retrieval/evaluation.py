@@ -30,7 +30,7 @@ from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, load_revisitop
 from networks import load_token
-from retrieval.extract import SCALES, extract, prepare_model
+from retrieval.extract import MAX_SCALE, SCALES, extract, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
@@ -90,7 +90,8 @@ def get_args_parser():
     extraction.add_argument("--imsize", type=int, default=default["imsize"],
                             help="longer side of the resized database images (queries keep their scale in them)")
     extraction.add_argument("--scales", type=float, nargs="+", default=default["scales"],
-                            help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2)")
+                            help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2); each in "
+                                 f"(0, {MAX_SCALE:g}]")
     extraction.add_argument("--batch-size", type=int, default=default["batch_size"],
                             help="images of equal size that go through the model together")
     extraction.add_argument("--workers", type=int, default=default["workers"],
@@ -134,8 +135,10 @@ def parse_settings(argv=None):
 def check_settings(settings, env):
     """Raise ``InputError`` (naming the flag) for settings that cannot run in ``env``, before any work."""
     s = settings
-    if s.imsize < 32 or not s.scales or min(s.scales) <= 0:
-        raise InputError("--imsize must be at least 32 and every --scales value positive")
+    if s.imsize < 32:
+        raise InputError(f"--imsize must be at least 32, got {s.imsize}")
+    if not s.scales or not all(0 < scale <= MAX_SCALE for scale in s.scales):  # also False for NaN
+        raise InputError(f"--scales: every value must be a number in (0, {MAX_SCALE:g}], got {s.scales}")
     if s.batch_size < 1 or s.workers < 0 or s.shard_size < 1 or s.top_n < 1 or s.alpha < 0:
         raise InputError("--batch-size, --shard-size and --top-n must be positive, --workers and --alpha at least 0")
     if R1M in s.datasets:

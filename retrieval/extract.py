@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from utils.errors import InputError
 
 SCALES = (1.0, 2 ** 0.5, 2 ** -0.5)
+MAX_SCALE = 4.0  # the largest scale accepted: an image's side times 4 (the protocol's largest is sqrt 2)
 
 
 def rescale(images, scale):

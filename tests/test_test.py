@@ -273,12 +273,16 @@ def test_without_output_dir_nothing_is_kept(setup, tmp_path, monkeypatch):
     ("pq_too_few", "needs at least 256 database images"),
     ("amp_on_cpu", "--amp runs float16 autocast on CUDA"),
     ("r1m_as_dataset", "pass --r1m"),
+    ("scales_nan", "--scales: every value must be a number in (0, 4], got [1.0, nan]"),
+    ("scales_inf", "--scales: every value must be a number in (0, 4], got [inf]"),
+    ("scales_huge", "--scales: every value must be a number in (0, 4], got [1000000.0]"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(setup, evaluated, tmp_path, capsys, case, message):
     data_root, checkpoint = setup
     output_dir = copy_of(evaluated[0], tmp_path) if case == "pq_too_few" else tmp_path / "out"  # features reused
     extra = {"pq_not_dividing": ["--pq", "5"], "pq_too_few": ["--pq", "4"], "amp_on_cpu": ["--amp"],
-             "r1m_as_dataset": ["--datasets", "revisitop1m"]}.get(case, [])
+             "r1m_as_dataset": ["--datasets", "revisitop1m"], "scales_nan": ["--scales", "1", "nan"],
+             "scales_inf": ["--scales", "inf"], "scales_huge": ["--scales", "1e6"]}.get(case, [])
     if case == "no_root":
         data_root = tmp_path / "nowhere"
     elif case == "no_checkpoint":
