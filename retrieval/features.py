@@ -66,10 +66,11 @@ def read_json(path):
 
 
 def _shape(path):
-    """Shape of the .npy at ``path`` (its header only), or None when missing or unreadable."""
+    """Shape of the .npy at ``path`` (its header only), or None when missing or unreadable: truncated,
+    0 bytes (numpy's ``EOFError``) or not an .npy."""
     try:
         return np.load(path, mmap_mode="r").shape
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return None
 
 

@@ -206,3 +206,22 @@ def test_feature_key_follows_checkpoint_settings_and_images(tmp_path, monkeypatc
     assert feature_key(**base) != key
     checkpoint.write_bytes(b"other weights")
     assert feature_key(**base)["checkpoint"]["bytes"] == len(b"other weights")
+
+
+def test_zero_byte_feature_files_are_extracted_again(tmp_path, capsys):
+    """A 0-byte .npy (numpy reads it as EOFError) takes the path of a truncated one: not complete, so redone."""
+    store = FeatureStore(tmp_path, ENV)
+    store.load("set_db", {"k": 1}, 5, 3, Compute(), shard_size=2)
+    (tmp_path / "set_db.npy").write_bytes(b"")
+    merged = Compute()
+    features, _ = store.load("set_db", {"k": 1}, 5, 3, merged, shard_size=2)
+    assert merged.spans == [(0, 2), (2, 4), (4, 5)] and ">> set_db: extracting 5 images" in capsys.readouterr().out
+    np.testing.assert_array_equal(features, expected_rows(5))
+    np.testing.assert_array_equal(np.load(tmp_path / "set_db.npy"), expected_rows(5))
+
+    store.load("r1m", {"k": 1}, 5, 3, Compute(), shard_size=2, merge=False)
+    (tmp_path / "r1m" / "shard_00001.npy").write_bytes(b"")
+    sharded = Compute()
+    features, _ = store.load("r1m", {"k": 1}, 5, 3, sharded, shard_size=2, merge=False)
+    assert sharded.spans == [(2, 4)] and ">> r1m: 2 of 3 shards found, extracting the other 1" in capsys.readouterr().out
+    np.testing.assert_array_equal(features, expected_rows(5))
