@@ -22,13 +22,14 @@ The report is the dict that test.py writes to ``results.json``. Bad input raises
 
 import argparse
 import contextlib
+import math
 import os
 import tempfile
 import time
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from datasets.revisitop import R1M, RevisitopImages, load_revisitop
+from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
 from networks import load_token
 from retrieval.extract import MAX_SCALE, SCALES, extract, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
@@ -161,13 +162,30 @@ def output_folder(output_dir):
         yield Path(output_dir or stack.enter_context(tempfile.TemporaryDirectory()))
 
 
+def check_evaluable(data_root, dataset):
+    """Raise ``InputError`` when ``dataset`` leaves nothing to evaluate: no database image, no query, or no query
+    with a positive (every mAP would be undefined)."""
+    pkl = gnd_path(data_root, dataset.name)
+    if not dataset.imlist:
+        raise InputError(f"{pkl}: 'imlist' is empty: no database images, nothing to evaluate")
+    if not dataset.qimlist:
+        raise InputError(f"{pkl}: 'qimlist' is empty: no queries, nothing to evaluate")
+    if not any(q["easy"].size or q["hard"].size for q in dataset.gnd):
+        raise InputError(f"{pkl}: no query has a positive (every 'easy' and 'hard' is empty): no mAP is defined, "
+                         "nothing to evaluate")
+
+
 def load_test_sets(settings):
-    """The test sets (ground truth read, image files checked) and the R1M list (None without ``r1m``), before
-    any model work."""
+    """The test sets (ground truth read and checked, image files checked) and the R1M list (None without
+    ``r1m``), before any model work."""
     datasets = [load_revisitop(settings.data_root, name) for name in settings.datasets]
     for dataset in datasets:
+        check_evaluable(settings.data_root, dataset)
         dataset.check_images()
-    return datasets, load_revisitop(settings.data_root, R1M) if settings.r1m else None
+    distractors = load_revisitop(settings.data_root, R1M) if settings.r1m else None
+    if distractors is not None and not distractors.imlist:
+        raise InputError(f"{distractors.root / (R1M + '.txt')}: lists no image: no distractors to add")
+    return datasets, distractors
 
 
 def load_model(settings, env):
@@ -234,10 +252,16 @@ def search_and_measure(index, queries, gnd, qe, settings):
     return revisited_map(index.scores(queries), gnd), search_ms
 
 
+def percent(value):
+    """A mean in percent for results.json; None (JSON null) where it is undefined (NaN: no query with positives)."""
+    return None if math.isnan(value) else 100 * float(value)
+
+
 def summary(results, index, search_ms):
-    """One search's entry in results.json: per protocol mAP and mP@k (percent), search time and memory."""
-    entry = {p: {"mAP": 100 * results[p]["map"],
-                 **{f"mP@{k}": 100 * v for k, v in zip(KAPPAS, results[p]["mp"], strict=True)}}
+    """One search's entry in results.json: per protocol mAP and mP@k (percent, None where undefined), search time
+    and memory."""
+    entry = {p: {"mAP": percent(results[p]["map"]),
+                 **{f"mP@{k}": percent(v) for k, v in zip(KAPPAS, results[p]["mp"], strict=True)}}
              for p in PROTOCOLS}
     return {**entry, "search_ms_per_query": search_ms, "bytes_per_image": index.bytes_per_image,
             "database_bytes": index.memory_bytes}

@@ -54,7 +54,8 @@ def save_array(path, array):
 
 
 def save_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    """``obj`` as strict JSON (no NaN or Infinity, which strict parsers reject: an undefined value is None)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, allow_nan=False).encode()))
 
 
 def read_json(path):

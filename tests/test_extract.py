@@ -223,5 +223,6 @@ def test_zero_byte_feature_files_are_extracted_again(tmp_path, capsys):
     (tmp_path / "r1m" / "shard_00001.npy").write_bytes(b"")
     sharded = Compute()
     features, _ = store.load("r1m", {"k": 1}, 5, 3, sharded, shard_size=2, merge=False)
-    assert sharded.spans == [(2, 4)] and ">> r1m: 2 of 3 shards found, extracting the other 1" in capsys.readouterr().out
+    assert sharded.spans == [(2, 4)]
+    assert ">> r1m: 2 of 3 shards found, extracting the other 1" in capsys.readouterr().out
     np.testing.assert_array_equal(features, expected_rows(5))

@@ -322,3 +322,61 @@ def test_subprocess_exit_codes_and_help(tmp_path):
                  "--pq-bits", "--ivf", "--nprobe", "--qe", "--dba", "--alpha", "--top-n", "--batch-size", "--workers",
                  "--device", "--amp", "--shard-size"):
         assert flag in helped.stdout
+
+
+def with_gnd(data_root, tmp_path, edit):
+    """A copy of the data root whose ground-truth pickle is rewritten (a real pickle) after ``edit(data)``."""
+    root = Path(shutil.copytree(data_root, tmp_path / "data"))
+    pkl = root / "test" / "roxford5k" / "gnd_roxford5k.pkl"
+    with open(pkl, "rb") as f:
+        data = pickle.load(f)
+    edit(data)
+    with open(pkl, "wb") as f:
+        pickle.dump(data, f)
+    return root, pkl
+
+
+def _no_database(data):
+    data["imlist"] = []
+    for q in data["gnd"]:
+        q.update(easy=[], hard=[], junk=[])
+
+
+def _no_positives(data):
+    for q in data["gnd"]:
+        q.update(easy=[], hard=[])
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda data: data.update(qimlist=[], gnd=[]), "'qimlist' is empty: no queries, nothing to evaluate"),
+    (_no_database, "'imlist' is empty: no database images, nothing to evaluate"),
+    (_no_positives, "no query has a positive (every 'easy' and 'hard' is empty): no mAP is defined"),
+])
+def test_nothing_to_evaluate_is_exit_code_2(setup, tmp_path, capsys, edit, message):
+    data_root, checkpoint = with_gnd(setup[0], tmp_path, edit)[0], setup[1]
+    with pytest.raises(SystemExit) as exit_info:
+        run_test(data_root, checkpoint, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {data_root / 'test' / 'roxford5k' / 'gnd_roxford5k.pkl'}: {message}"), err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_an_undefined_map_is_null_in_results_json_and_n_a_on_screen(setup, tmp_path, capsys):
+    """No query has an easy positive: Easy mAP and mP@k are undefined; Medium and Hard are numbers."""
+    data_root, _ = with_gnd(setup[0], tmp_path, lambda data: [q.update(easy=[]) for q in data["gnd"]])
+    run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
+    out = capsys.readouterr().out
+    assert ">> mAP Easy: n/a, Medium: " in out and "Easy: [n/a, n/a, n/a], Medium: [" in out
+    results = _strict_json((tmp_path / "out" / "results.json").read_text())
+    exact = results["datasets"]["roxford5k"]["runs"]["exact"]
+    assert exact["easy"] == {"mAP": None, "mP@1": None, "mP@5": None, "mP@10": None}
+    assert 0 <= exact["medium"]["mAP"] <= 100 and 0 <= exact["hard"]["mAP"] <= 100
+    with pytest.raises(ValueError, match="not strict JSON: NaN"):
+        _strict_json(json.dumps({"mAP": float("nan")}))  # the parser used above refuses what was written before
