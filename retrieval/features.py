@@ -1,5 +1,5 @@
 """Descriptors on disk: extracted in shards that any number of processes share, resumed after an interruption,
-reused by a later run with the same checkpoint and settings.
+reused by a later run with the same checkpoint, settings and image files (``feature_key``).
 
 Layout under ``<output_dir>/features/``::
 
@@ -38,12 +38,27 @@ from utils.atomic import atomic_write
 SHARD_SIZE = 10_000
 
 
+KEY_CHECKS = "same checkpoint file, imsize, scales and amp; same image paths, sizes, modification times and boxes"
+
+
+def _file_stamp(path):
+    """``[bytes, mtime_ns]`` of a file (None when it cannot be stat'ed): a cheap sign that it was rewritten."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
-    """What the descriptors of an image list depend on: the checkpoint file (path, size, modification time),
-    the resizing, the scales, mixed precision and the images (absolute paths and query boxes, hashed)."""
+    """What the descriptors of an image list depend on (``KEY_CHECKS``): the checkpoint file (path, size,
+    modification time), the resizing, the scales, mixed precision and the images (absolute paths, the size and
+    modification time of each file, query boxes; hashed). Image contents are not read: a file rewritten with
+    its old size and modification time restored would go unnoticed."""
     stat = os.stat(checkpoint)
     images = json.dumps([[os.path.abspath(path) for path in paths],
-                         None if bbxs is None else [list(map(float, box)) for box in bbxs]])
+                         None if bbxs is None else [list(map(float, box)) for box in bbxs],
+                         [_file_stamp(path) for path in paths]])
     return {"checkpoint": {"path": os.path.abspath(checkpoint), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
             "imsize": imsize, "scales": [float(s) for s in scales], "amp": bool(amp),
             "images": {"count": len(paths), "sha256": hashlib.sha256(images.encode()).hexdigest()}}
@@ -116,7 +131,7 @@ class FeatureStore:
         plan = _broadcast(self._plan(name, key, (count, dim), shard_size, merge) if self.env.is_main else None,
                           self.env)
         if plan["reuse"]:
-            self._say(f">> {name}: reusing {plan['reuse']} (same checkpoint, settings and images)")
+            self._say(f">> {name}: reusing {plan['reuse']} ({KEY_CHECKS})")
             return self._read(name, count, dim, merge) if self.env.is_main else (None, None)
         seconds, done = self._extract(name, count, plan, compute)
         stats = _gather((seconds, done), self.env)  # also waits until every rank has written its shards

@@ -208,6 +208,21 @@ def test_feature_key_follows_checkpoint_settings_and_images(tmp_path, monkeypatc
     assert feature_key(**base)["checkpoint"]["bytes"] == len(b"other weights")
 
 
+def test_feature_key_follows_each_image_file(tmp_path):
+    """An image rewritten in place (other size, or the same size and a later modification time) is another key."""
+    paths = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for path in paths:
+        path.write_bytes(b"jpeg bytes")
+    (tmp_path / "model.pth").write_bytes(b"weights")
+    key = feature_key(tmp_path / "model.pth", 1024, SCALES, False, paths)
+    paths[1].write_bytes(b"longer jpeg bytes")
+    rewritten = feature_key(tmp_path / "model.pth", 1024, SCALES, False, paths)
+    assert rewritten != key
+    stat = paths[1].stat()
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert feature_key(tmp_path / "model.pth", 1024, SCALES, False, paths) not in (key, rewritten)
+
+
 def test_zero_byte_feature_files_are_extracted_again(tmp_path, capsys):
     """A 0-byte .npy (numpy reads it as EOFError) takes the path of a truncated one: not complete, so redone."""
     store = FeatureStore(tmp_path, ENV)

@@ -21,6 +21,7 @@ from PIL import Image
 from networks import Token
 from networks.checkpoint import model_state
 from retrieval.evaluation import EvalSettings, evaluate_checkpoint, parse_settings
+from retrieval.features import KEY_CHECKS
 
 ROOT = Path(__file__).resolve().parents[1]
 # test.py by path: importing it by its module name could find the standard library's test package
@@ -53,7 +54,7 @@ def write_mini_set(data_root, name="roxford5k", seed=0):
     pickles hold it (lists of ints, ``bbx`` as a list of floats)."""
     rng = np.random.default_rng(seed)
     folder = Path(data_root) / "test" / name
-    (folder / "jpg").mkdir(parents=True)
+    (folder / "jpg").mkdir(parents=True, exist_ok=True)  # an existing set is rewritten in place
     imlist = [f"db_{i:03d}" for i in range(len(DB_SIZES))]
     qimlist = [f"query_{q}" for q in range(len(QUERIES))]
     for image, size in zip(imlist, DB_SIZES, strict=True):
@@ -380,3 +381,25 @@ def test_an_undefined_map_is_null_in_results_json_and_n_a_on_screen(setup, tmp_p
     assert 0 <= exact["medium"]["mAP"] <= 100 and 0 <= exact["hard"]["mAP"] <= 100
     with pytest.raises(ValueError, match="not strict JSON: NaN"):
         _strict_json(json.dumps({"mAP": float("nan")}))  # the parser used above refuses what was written before
+
+
+def test_images_rewritten_in_place_are_extracted_again(setup, tmp_path, capsys):
+    """The same paths with other contents (new files, new sizes and modification times): not the old features."""
+    data_root = Path(shutil.copytree(setup[0], tmp_path / "data"))
+    first = run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
+    before = np.load(tmp_path / "out" / "features" / "roxford5k_db.npy")
+    write_mini_set(data_root, seed=7)
+    capsys.readouterr()
+    report = run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
+    out = capsys.readouterr().out
+    assert ">> roxford5k_db: extracting 26 images" in out and ">> roxford5k_query: extracting 4 images" in out
+    assert "reusing" not in out
+    assert np.abs(np.load(tmp_path / "out" / "features" / "roxford5k_db.npy") - before).max() > 1e-3
+    exact = report["datasets"]["roxford5k"]["runs"]["exact"]
+    assert exact["medium"] != first["datasets"]["roxford5k"]["runs"]["exact"]["medium"]  # not the old result
+    fresh = run_test(data_root, setup[1], tmp_path / "fresh", "--scales", "1")["datasets"]["roxford5k"]["runs"]
+    assert all(exact[p] == fresh["exact"][p] for p in ("easy", "medium", "hard"))  # but the fresh one
+    capsys.readouterr()
+    run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
+    out = capsys.readouterr().out
+    assert f"/features/roxford5k_db.npy ({KEY_CHECKS})" in out and "extracting" not in out  # unchanged: reused
