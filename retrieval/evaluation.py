@@ -31,7 +31,7 @@ from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
 from networks import load_token
-from retrieval.extract import MAX_SCALE, SCALES, extract, prepare_model
+from retrieval.extract import MAX_SCALE, SCALES, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
@@ -206,10 +206,9 @@ def descriptors(store, model, settings, env, dataset, part):
     key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths, bbxs)
     dim = model.config.out_dim
 
-    def compute(start, stop, progress):
-        images = RevisitopImages(paths[start:stop], settings.imsize, bbxs[start:stop] if query else None)
-        return extract(model, images, dim, env.device, settings.scales, settings.batch_size, settings.workers,
-                       settings.amp, progress)
+    def compute(spans, progress):
+        return extract_spans(model, RevisitopImages(paths, settings.imsize, bbxs), spans, dim, env.device,
+                             settings.scales, settings.batch_size, settings.workers, settings.amp, progress)
 
     name = dataset.name if dataset.name == R1M else f"{dataset.name}_{part}"
     return store.load(name, key, len(paths), dim, compute, settings.shard_size, merge=dataset.name != R1M)

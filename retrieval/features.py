@@ -125,8 +125,9 @@ class FeatureStore:
         on the other ranks ``(None, None)``.
 
         Reused from disk when the key matches; otherwise the missing shards are extracted by all ranks with
-        ``compute(start, stop, progress)`` (float32 rows ``start:stop`` of the set). ``merge``: write
-        ``<name>.npy`` and drop the shards (else keep them, as for R1M).
+        ``compute(spans, progress)``: for the ``(start, stop)`` spans of a rank's shards, one float32 array of
+        rows ``start:stop`` of the set per span, in order, each written as a shard as soon as it comes.
+        ``merge``: write ``<name>.npy`` and drop the shards (else keep them, as for R1M).
         """
         plan = _broadcast(self._plan(name, key, (count, dim), shard_size, merge) if self.env.is_main else None,
                           self.env)
@@ -188,13 +189,14 @@ class FeatureStore:
         """This rank's share of the missing shards (round-robin), each written as soon as it is done."""
         size = plan["shard_size"]
         mine = plan["missing"][self.env.rank::self.env.world_size]
-        spans = [(k, k * size, min(count, (k + 1) * size)) for k in mine]
+        spans = [(k * size, min(count, (k + 1) * size)) for k in mine]
+        images = sum(stop - start for start, stop in spans)
         start_time = time.perf_counter()
-        with tqdm(total=sum(stop - start for _, start, stop in spans), unit="img", desc=name,
-                  disable=not (self.env.is_main and self.progress), mininterval=1.0, dynamic_ncols=True) as progress:
-            for k, start, stop in spans:
-                save_array(self._shard(name, k), compute(start, stop, progress))
-        return time.perf_counter() - start_time, sum(stop - start for _, start, stop in spans)
+        with tqdm(total=images, unit="img", desc=name, disable=not (self.env.is_main and self.progress),
+                  mininterval=1.0, dynamic_ncols=True) as progress:
+            for k, rows in zip(mine, compute(spans, progress) if spans else (), strict=True):
+                save_array(self._shard(name, k), rows)
+        return time.perf_counter() - start_time, images
 
     def _merge(self, name, count, dim, size):
         """All shards of ``name`` in one array; every shard must be there (the ranks have finished)."""

@@ -97,15 +97,16 @@ ENV = DistEnv(rank=0, world_size=1, device=CPU)
 
 
 class Compute:
-    """A fake extractor: row i of the set is (i, i, ...) plus an offset; records the spans asked for."""
+    """A fake extractor: row i of the set is (i, i, ...) plus an offset; records the spans it computed."""
 
     def __init__(self, offset=0.0):
         self.spans, self.offset = [], offset
 
-    def __call__(self, start, stop, progress):
-        self.spans.append((start, stop))
-        progress.update(stop - start)
-        return np.repeat(np.arange(start, stop, dtype=np.float32)[:, None], 3, axis=1) + self.offset
+    def __call__(self, spans, progress):
+        for start, stop in spans:
+            self.spans.append((start, stop))
+            progress.update(stop - start)
+            yield np.repeat(np.arange(start, stop, dtype=np.float32)[:, None], 3, axis=1) + self.offset
 
 
 def expected_rows(count, offset=0.0):

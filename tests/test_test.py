@@ -1,6 +1,7 @@
 """test.py end to end on a generated roxford5k-format set (and R1M-format distractors) with a small resnet18 Token:
 the printed report, the files written, reuse of features, shard resume, torchrun, clean errors."""
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import io
@@ -8,9 +9,11 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +406,53 @@ def test_images_rewritten_in_place_are_extracted_again(setup, tmp_path, capsys):
     run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
     out = capsys.readouterr().out
     assert f"/features/roxford5k_db.npy ({KEY_CHECKS})" in out and "extracting" not in out  # unchanged: reused
+
+
+def write_uniform_set(data_root, count, size=(160, 120)):
+    """A roxford5k-format set of ``count`` database images of one size and two queries: enough images for an
+    extraction that lasts a few seconds."""
+    rng = np.random.default_rng(3)
+    folder = Path(data_root) / "test" / "roxford5k"
+    (folder / "jpg").mkdir(parents=True)
+    imlist = [f"db_{i:04d}" for i in range(count)]
+    for name in imlist + ["query_0", "query_1"]:
+        _image(rng, *size).save(folder / "jpg" / f"{name}.jpg", quality=90)
+    gnd = [{"bbx": [0.0, 0.0, 100.0, 100.0], "easy": [q], "hard": [q + 2], "junk": []} for q in range(2)]
+    with open(folder / "gnd_roxford5k.pkl", "wb") as f:
+        pickle.dump({"imlist": imlist, "qimlist": ["query_0", "query_1"], "gnd": gnd}, f)
+
+
+def test_ctrl_c_during_extraction_with_loader_workers_stops_the_run(tmp_path):
+    """A real SIGINT to real test.py runs with --workers 2, at four moments after the database extraction began,
+    to the process alone or (as Ctrl-C in a terminal) to its whole process group with the loader workers: every
+    run stops with exit code 130 and one last line, and the shards it wrote are complete."""
+    write_uniform_set(tmp_path / "data", 240)
+    checkpoint = write_checkpoint(tmp_path / "token.pth")
+    tries = [(0.0, os.kill), (0.5, os.killpg), (1.0, os.kill), (2.0, os.killpg)]
+
+    def interrupt(k, delay, kill):
+        cmd = [sys.executable, "test.py", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path / "data"),
+               "--datasets", "roxford5k", "--imsize", "160", "--workers", "2", "--device", "cpu", "--shard-size", "8",
+               "--output-dir", str(tmp_path / f"out{k}")]
+        run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+        out = ""
+        for line in run.stdout:
+            out += line
+            if ">> roxford5k_db: extracting 240 images" in line:
+                break
+        time.sleep(delay)
+        kill(run.pid, signal.SIGINT)
+        rest, err = run.communicate(timeout=120)
+        return run.returncode, out + rest, err
+
+    with concurrent.futures.ThreadPoolExecutor(len(tries)) as pool:
+        results = list(pool.map(lambda args: interrupt(*args), [(k, *t) for k, t in enumerate(tries)]))
+    for k, (code, out, err) in enumerate(results):
+        assert "roxford5k_db: extracting" in out and "Test Dataset" not in out, (k, out)  # stopped mid-extraction
+        assert code == 130 and err.splitlines()[-1] == "error: interrupted", (k, code, err[-2000:])
+        folder = tmp_path / f"out{k}" / "features"
+        assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+        assert not (folder / "roxford5k_db.npy").exists()
+        for shard in (folder / "roxford5k_db").glob("shard_*.npy"):
+            assert np.load(shard).shape == (8, DIM)
