@@ -426,7 +426,7 @@ def test_ctrl_c_during_extraction_with_loader_workers_stops_the_run(tmp_path):
     """A real SIGINT to real test.py runs with --workers 2, at four moments after the database extraction began,
     to the process alone or (as Ctrl-C in a terminal) to its whole process group with the loader workers: every
     run stops with exit code 130 and one last line, and the shards it wrote are complete."""
-    write_uniform_set(tmp_path / "data", 240)
+    write_uniform_set(tmp_path / "data", 400)
     checkpoint = write_checkpoint(tmp_path / "token.pth")
     tries = [(0.0, os.kill), (0.5, os.killpg), (1.0, os.kill), (2.0, os.killpg)]
 
@@ -439,7 +439,7 @@ def test_ctrl_c_during_extraction_with_loader_workers_stops_the_run(tmp_path):
         out = ""
         for line in run.stdout:
             out += line
-            if ">> roxford5k_db: extracting 240 images" in line:
+            if ">> roxford5k_db: extracting 400 images" in line:
                 break
         time.sleep(delay)
         kill(run.pid, signal.SIGINT)
