@@ -21,6 +21,7 @@ from PIL import Image
 
 from datasets.images import load_rgb, to_normalized_tensor
 from utils.errors import InputError
+from utils.paths import relative_inside
 from utils.safe_pickle import safe_load
 
 R1M = "revisitop1m"
@@ -37,6 +38,14 @@ _INDEX_KEYS = ("easy", "hard", "junk")
 def _image_file(images_dir, entry):
     """The file of a list entry: relative to ``jpg/``, ``.jpg`` appended when the entry has no extension."""
     return images_dir / (entry if PurePosixPath(entry).suffix else entry + ".jpg")
+
+
+def _check_entry(entry, where):
+    """Raise ``InputError`` naming ``where`` and the entry when an image list entry would leave ``jpg/``."""
+    try:
+        relative_inside(entry)
+    except ValueError as err:
+        raise InputError(f"{where} ({entry!r}) must be a path inside jpg/, not {err}") from None
 
 
 def dataset_dir(data_root, name):
@@ -119,10 +128,11 @@ def load_revisitop(data_root, name):
 def _read_image_list(path):
     if not path.is_file():
         raise InputError(f"{path} not found: expected the layout {_R1M_LAYOUT}")
-    entries = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    for number, entry in enumerate(entries, 1):
-        if PurePosixPath(entry).is_absolute() or ".." in PurePosixPath(entry).parts:
-            raise InputError(f"{path}: entry {number} ({entry!r}) must be a path relative to jpg/")
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            _check_entry(line.strip(), f"{path}: line {number}")
+            entries.append(line.strip())
     return entries
 
 
@@ -134,6 +144,8 @@ def _parse_gnd(data, pkl):
     for key, names in (("imlist", imlist), ("qimlist", qimlist)):
         if not isinstance(names, (list, tuple)) or not all(isinstance(entry, str) for entry in names):
             raise InputError(f"{pkl}: '{key}' must be a list of image names")
+        for number, entry in enumerate(names):
+            _check_entry(entry, f"{pkl}: '{key}' entry {number}")
     if not isinstance(raw, (list, tuple)) or len(raw) != len(qimlist):
         raise InputError(f"{pkl}: 'gnd' must hold one dict per query ({len(qimlist)} queries)")
     return list(imlist), list(qimlist), [_parse_query(q, raw[q], len(imlist), pkl) for q in range(len(raw))]
@@ -190,10 +202,16 @@ def resize_query(img, bbx, imsize):
     The crop is PIL's ``img.crop(bbx)`` with the float box (PIL rounds each coordinate; parts of the box
     beyond the image come out black), as in the reference. Its longer side is then brought down to
     ``imsize * crop longer side / full image longer side`` with ``resize_database``'s thumbnail semantics.
+
+    A box must overlap the image and be at most twice its width and height (raises ``InputError``): a box
+    far larger than its image is a broken ground truth, and its mostly black crop could take any memory.
     """
     x0, y0, x1, y1 = (round(v) for v in bbx)
     if x0 >= img.width or y0 >= img.height or x1 <= 0 or y1 <= 0 or x1 <= x0 or y1 <= y0:
         raise InputError(f"bbx {tuple(bbx)} does not overlap the {img.width}x{img.height} query image")
+    if x1 - x0 > 2 * img.width or y1 - y0 > 2 * img.height:
+        raise InputError(f"bbx {tuple(bbx)} is more than twice the width or height of the {img.width}x{img.height} "
+                         "query image")
     crop = img.crop(tuple(bbx))
     return resize_database(crop, imsize * max(crop.size) / max(img.size))
 

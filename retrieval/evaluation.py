@@ -22,15 +22,16 @@ The report is the dict that test.py writes to ``results.json``. Bad input raises
 
 import argparse
 import contextlib
+import math
 import os
 import tempfile
 import time
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from datasets.revisitop import R1M, RevisitopImages, load_revisitop
+from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
 from networks import load_token
-from retrieval.extract import SCALES, extract, prepare_model
+from retrieval.extract import MAX_SCALE, SCALES, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
@@ -90,7 +91,8 @@ def get_args_parser():
     extraction.add_argument("--imsize", type=int, default=default["imsize"],
                             help="longer side of the resized database images (queries keep their scale in them)")
     extraction.add_argument("--scales", type=float, nargs="+", default=default["scales"],
-                            help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2)")
+                            help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2); each in "
+                                 f"(0, {MAX_SCALE:g}]")
     extraction.add_argument("--batch-size", type=int, default=default["batch_size"],
                             help="images of equal size that go through the model together")
     extraction.add_argument("--workers", type=int, default=default["workers"],
@@ -134,8 +136,10 @@ def parse_settings(argv=None):
 def check_settings(settings, env):
     """Raise ``InputError`` (naming the flag) for settings that cannot run in ``env``, before any work."""
     s = settings
-    if s.imsize < 32 or not s.scales or min(s.scales) <= 0:
-        raise InputError("--imsize must be at least 32 and every --scales value positive")
+    if s.imsize < 32:
+        raise InputError(f"--imsize must be at least 32, got {s.imsize}")
+    if not s.scales or not all(0 < scale <= MAX_SCALE for scale in s.scales):  # also False for NaN
+        raise InputError(f"--scales: every value must be a number in (0, {MAX_SCALE:g}], got {s.scales}")
     if s.batch_size < 1 or s.workers < 0 or s.shard_size < 1 or s.top_n < 1 or s.alpha < 0:
         raise InputError("--batch-size, --shard-size and --top-n must be positive, --workers and --alpha at least 0")
     if R1M in s.datasets:
@@ -158,13 +162,30 @@ def output_folder(output_dir):
         yield Path(output_dir or stack.enter_context(tempfile.TemporaryDirectory()))
 
 
+def check_evaluable(data_root, dataset):
+    """Raise ``InputError`` when ``dataset`` leaves nothing to evaluate: no database image, no query, or no query
+    with a positive (every mAP would be undefined)."""
+    pkl = gnd_path(data_root, dataset.name)
+    if not dataset.imlist:
+        raise InputError(f"{pkl}: 'imlist' is empty: no database images, nothing to evaluate")
+    if not dataset.qimlist:
+        raise InputError(f"{pkl}: 'qimlist' is empty: no queries, nothing to evaluate")
+    if not any(q["easy"].size or q["hard"].size for q in dataset.gnd):
+        raise InputError(f"{pkl}: no query has a positive (every 'easy' and 'hard' is empty): no mAP is defined, "
+                         "nothing to evaluate")
+
+
 def load_test_sets(settings):
-    """The test sets (ground truth read, image files checked) and the R1M list (None without ``r1m``), before
-    any model work."""
+    """The test sets (ground truth read and checked, image files checked) and the R1M list (None without
+    ``r1m``), before any model work."""
     datasets = [load_revisitop(settings.data_root, name) for name in settings.datasets]
     for dataset in datasets:
+        check_evaluable(settings.data_root, dataset)
         dataset.check_images()
-    return datasets, load_revisitop(settings.data_root, R1M) if settings.r1m else None
+    distractors = load_revisitop(settings.data_root, R1M) if settings.r1m else None
+    if distractors is not None and not distractors.imlist:
+        raise InputError(f"{distractors.root / (R1M + '.txt')}: lists no image: no distractors to add")
+    return datasets, distractors
 
 
 def load_model(settings, env):
@@ -185,10 +206,9 @@ def descriptors(store, model, settings, env, dataset, part):
     key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths, bbxs)
     dim = model.config.out_dim
 
-    def compute(start, stop, progress):
-        images = RevisitopImages(paths[start:stop], settings.imsize, bbxs[start:stop] if query else None)
-        return extract(model, images, dim, env.device, settings.scales, settings.batch_size, settings.workers,
-                       settings.amp, progress)
+    def compute(spans, progress):
+        return extract_spans(model, RevisitopImages(paths, settings.imsize, bbxs), spans, dim, env.device,
+                             settings.scales, settings.batch_size, settings.workers, settings.amp, progress)
 
     name = dataset.name if dataset.name == R1M else f"{dataset.name}_{part}"
     return store.load(name, key, len(paths), dim, compute, settings.shard_size, merge=dataset.name != R1M)
@@ -231,10 +251,16 @@ def search_and_measure(index, queries, gnd, qe, settings):
     return revisited_map(index.scores(queries), gnd), search_ms
 
 
+def percent(value):
+    """A mean in percent for results.json; None (JSON null) where it is undefined (NaN: no query with positives)."""
+    return None if math.isnan(value) else 100 * float(value)
+
+
 def summary(results, index, search_ms):
-    """One search's entry in results.json: per protocol mAP and mP@k (percent), search time and memory."""
-    entry = {p: {"mAP": 100 * results[p]["map"],
-                 **{f"mP@{k}": 100 * v for k, v in zip(KAPPAS, results[p]["mp"], strict=True)}}
+    """One search's entry in results.json: per protocol mAP and mP@k (percent, None where undefined), search time
+    and memory."""
+    entry = {p: {"mAP": percent(results[p]["map"]),
+                 **{f"mP@{k}": percent(v) for k, v in zip(KAPPAS, results[p]["mp"], strict=True)}}
              for p in PROTOCOLS}
     return {**entry, "search_ms_per_query": search_ms, "bytes_per_image": index.bytes_per_image,
             "database_bytes": index.memory_bytes}

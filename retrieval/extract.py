@@ -10,17 +10,20 @@ layer of the model in eval mode treat the images of a batch independently, so a 
 descriptor it gets alone, up to float rounding.
 """
 
+import itertools
 import math
 from collections import defaultdict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from utils.errors import InputError
+from utils.interrupts import interrupts_deferred
 
 SCALES = (1.0, 2 ** 0.5, 2 ** -0.5)
+MAX_SCALE = 4.0  # the largest scale accepted: an image's side times 4 (the protocol's largest is sqrt 2)
 
 
 def rescale(images, scale):
@@ -95,26 +98,47 @@ def _loader_error(err):
     return InputError(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0])
 
 
-@torch.no_grad()
-def extract(model, images, dim, device, scales=SCALES, batch_size=8, workers=4, amp=False, progress=None):
-    """Multi-scale descriptors of a dataset of ``(tensor 3 x H x W, index)`` items: float32 (len, dim), rows in
-    dataset order.
+def extract_spans(model, images, spans, dim, device, scales=SCALES, batch_size=8, workers=4, amp=False,
+                  progress=None):
+    """Multi-scale descriptors of the images of each ``(start, stop)`` span of a dataset of ``(tensor 3 x H x W,
+    index)`` items: yields one float32 (stop - start, dim) array per span, in order, each as soon as it is done.
 
-    Items are read by ``workers`` loader processes and batched by size (``equal_size_batches``); ``amp`` runs
-    the model under float16 autocast (CUDA only). ``model`` must come from ``prepare_model``. ``progress``
-    (a tqdm bar) is advanced by the images done.
+    One loader (``workers`` processes, started once) reads the images of every span; they are batched by size
+    (``equal_size_batches``) within a span. ``amp`` runs the model under float16 autocast (CUDA only).
+    ``model`` must come from ``prepare_model``. ``progress`` (a tqdm bar) is advanced by the images done.
     """
-    out = np.empty((len(images), dim), dtype=np.float32)
-    loader = DataLoader(images, batch_size=None, shuffle=False, num_workers=workers)
+    loader = DataLoader(Subset(images, [i for start, stop in spans for i in range(start, stop)]), batch_size=None,
+                        shuffle=False, num_workers=workers)
+    with interrupts_deferred():  # a Ctrl-C while the workers are forked is raised once they are, not lost
+        items = iter(loader)
     try:
-        for batch, indices in equal_size_batches(loader, batch_size):
-            batch = batch.to(device)
-            if device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                out[indices] = multiscale_descriptor(model, batch, scales).cpu().numpy()
-            if progress is not None:
-                progress.update(len(indices))
+        for start, stop in spans:
+            yield _descriptors(model, itertools.islice(items, stop - start), start, stop - start, dim, device,
+                               scales, batch_size, amp, progress)
+        # the loader's end, read here, shuts its workers down in this code rather than in the iterator's
+        # destructor, where Python ignores a KeyboardInterrupt (Ctrl-C) that lands meanwhile
+        next(items, None)
     except InputError as err:
         raise _loader_error(err) from None
+
+
+@torch.no_grad()
+def _descriptors(model, items, start, count, dim, device, scales, batch_size, amp, progress):
+    """Rows ``start .. start + count`` of the descriptors, from the ``(image, index)`` items of those rows."""
+    out = np.empty((count, dim), dtype=np.float32)
+    for batch, indices in equal_size_batches(items, batch_size):
+        batch = batch.to(device)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            out[np.asarray(indices) - start] = multiscale_descriptor(model, batch, scales).cpu().numpy()
+        if progress is not None:
+            progress.update(len(indices))
+    return out
+
+
+def extract(model, images, dim, device, scales=SCALES, batch_size=8, workers=4, amp=False, progress=None):
+    """Multi-scale descriptors of a whole dataset of ``(tensor 3 x H x W, index)`` items: float32 (len, dim), rows
+    in dataset order (``extract_spans`` with one span)."""
+    (out,) = extract_spans(model, images, [(0, len(images))], dim, device, scales, batch_size, workers, amp, progress)
     return out

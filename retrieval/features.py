@@ -1,5 +1,5 @@
 """Descriptors on disk: extracted in shards that any number of processes share, resumed after an interruption,
-reused by a later run with the same checkpoint and settings.
+reused by a later run with the same checkpoint, settings and image files (``feature_key``).
 
 Layout under ``<output_dir>/features/``::
 
@@ -38,12 +38,27 @@ from utils.atomic import atomic_write
 SHARD_SIZE = 10_000
 
 
+KEY_CHECKS = "same checkpoint file, imsize, scales and amp; same image paths, sizes, modification times and boxes"
+
+
+def _file_stamp(path):
+    """``[bytes, mtime_ns]`` of a file (None when it cannot be stat'ed): a cheap sign that it was rewritten."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
-    """What the descriptors of an image list depend on: the checkpoint file (path, size, modification time),
-    the resizing, the scales, mixed precision and the images (absolute paths and query boxes, hashed)."""
+    """What the descriptors of an image list depend on (``KEY_CHECKS``): the checkpoint file (path, size,
+    modification time), the resizing, the scales, mixed precision and the images (absolute paths, the size and
+    modification time of each file, query boxes; hashed). Image contents are not read: a file rewritten with
+    its old size and modification time restored would go unnoticed."""
     stat = os.stat(checkpoint)
     images = json.dumps([[os.path.abspath(path) for path in paths],
-                         None if bbxs is None else [list(map(float, box)) for box in bbxs]])
+                         None if bbxs is None else [list(map(float, box)) for box in bbxs],
+                         [_file_stamp(path) for path in paths]])
     return {"checkpoint": {"path": os.path.abspath(checkpoint), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
             "imsize": imsize, "scales": [float(s) for s in scales], "amp": bool(amp),
             "images": {"count": len(paths), "sha256": hashlib.sha256(images.encode()).hexdigest()}}
@@ -54,7 +69,8 @@ def save_array(path, array):
 
 
 def save_json(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    """``obj`` as strict JSON (no NaN or Infinity, which strict parsers reject: an undefined value is None)."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, allow_nan=False).encode()))
 
 
 def read_json(path):
@@ -66,10 +82,11 @@ def read_json(path):
 
 
 def _shape(path):
-    """Shape of the .npy at ``path`` (its header only), or None when missing or unreadable."""
+    """Shape of the .npy at ``path`` (its header only), or None when missing or unreadable: truncated,
+    0 bytes (numpy's ``EOFError``) or not an .npy."""
     try:
         return np.load(path, mmap_mode="r").shape
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return None
 
 
@@ -108,13 +125,14 @@ class FeatureStore:
         on the other ranks ``(None, None)``.
 
         Reused from disk when the key matches; otherwise the missing shards are extracted by all ranks with
-        ``compute(start, stop, progress)`` (float32 rows ``start:stop`` of the set). ``merge``: write
-        ``<name>.npy`` and drop the shards (else keep them, as for R1M).
+        ``compute(spans, progress)``: for the ``(start, stop)`` spans of a rank's shards, one float32 array of
+        rows ``start:stop`` of the set per span, in order, each written as a shard as soon as it comes.
+        ``merge``: write ``<name>.npy`` and drop the shards (else keep them, as for R1M).
         """
         plan = _broadcast(self._plan(name, key, (count, dim), shard_size, merge) if self.env.is_main else None,
                           self.env)
         if plan["reuse"]:
-            self._say(f">> {name}: reusing {plan['reuse']} (same checkpoint, settings and images)")
+            self._say(f">> {name}: reusing {plan['reuse']} ({KEY_CHECKS})")
             return self._read(name, count, dim, merge) if self.env.is_main else (None, None)
         seconds, done = self._extract(name, count, plan, compute)
         stats = _gather((seconds, done), self.env)  # also waits until every rank has written its shards
@@ -171,13 +189,14 @@ class FeatureStore:
         """This rank's share of the missing shards (round-robin), each written as soon as it is done."""
         size = plan["shard_size"]
         mine = plan["missing"][self.env.rank::self.env.world_size]
-        spans = [(k, k * size, min(count, (k + 1) * size)) for k in mine]
+        spans = [(k * size, min(count, (k + 1) * size)) for k in mine]
+        images = sum(stop - start for start, stop in spans)
         start_time = time.perf_counter()
-        with tqdm(total=sum(stop - start for _, start, stop in spans), unit="img", desc=name,
-                  disable=not (self.env.is_main and self.progress), mininterval=1.0, dynamic_ncols=True) as progress:
-            for k, start, stop in spans:
-                save_array(self._shard(name, k), compute(start, stop, progress))
-        return time.perf_counter() - start_time, sum(stop - start for _, start, stop in spans)
+        with tqdm(total=images, unit="img", desc=name, disable=not (self.env.is_main and self.progress),
+                  mininterval=1.0, dynamic_ncols=True) as progress:
+            for k, rows in zip(mine, compute(spans, progress) if spans else (), strict=True):
+                save_array(self._shard(name, k), rows)
+        return time.perf_counter() - start_time, images
 
     def _merge(self, name, count, dim, size):
         """All shards of ``name`` in one array; every shard must be there (the ranks have finished)."""

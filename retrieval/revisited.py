@@ -219,9 +219,10 @@ def revisited_map(scores, gnd, kappas=KAPPAS):
 
 
 def format_results(name, results, kappas=KAPPAS):
-    """The familiar report lines: dataset name, mAP per protocol and mP@k per protocol, in percent."""
+    """The familiar report lines: dataset name, mAP per protocol and mP@k per protocol, in percent; "n/a" where a
+    protocol has no query with positives (its mean is undefined, NaN)."""
     def percent(value):
-        return f"{100 * value:.2f}"
+        return "n/a" if np.isnan(value) else f"{100 * value:.2f}"
 
     maps = ", ".join(f"{p.capitalize()}: {percent(results[p]['map'])}" for p in PROTOCOLS)
     mps = ", ".join(f"{p.capitalize()}: [{', '.join(percent(v) for v in results[p]['mp'])}]" for p in PROTOCOLS)

@@ -97,15 +97,16 @@ ENV = DistEnv(rank=0, world_size=1, device=CPU)
 
 
 class Compute:
-    """A fake extractor: row i of the set is (i, i, ...) plus an offset; records the spans asked for."""
+    """A fake extractor: row i of the set is (i, i, ...) plus an offset; records the spans it computed."""
 
     def __init__(self, offset=0.0):
         self.spans, self.offset = [], offset
 
-    def __call__(self, start, stop, progress):
-        self.spans.append((start, stop))
-        progress.update(stop - start)
-        return np.repeat(np.arange(start, stop, dtype=np.float32)[:, None], 3, axis=1) + self.offset
+    def __call__(self, spans, progress):
+        for start, stop in spans:
+            self.spans.append((start, stop))
+            progress.update(stop - start)
+            yield np.repeat(np.arange(start, stop, dtype=np.float32)[:, None], 3, axis=1) + self.offset
 
 
 def expected_rows(count, offset=0.0):
@@ -206,3 +207,38 @@ def test_feature_key_follows_checkpoint_settings_and_images(tmp_path, monkeypatc
     assert feature_key(**base) != key
     checkpoint.write_bytes(b"other weights")
     assert feature_key(**base)["checkpoint"]["bytes"] == len(b"other weights")
+
+
+def test_feature_key_follows_each_image_file(tmp_path):
+    """An image rewritten in place (other size, or the same size and a later modification time) is another key."""
+    paths = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    for path in paths:
+        path.write_bytes(b"jpeg bytes")
+    (tmp_path / "model.pth").write_bytes(b"weights")
+    key = feature_key(tmp_path / "model.pth", 1024, SCALES, False, paths)
+    paths[1].write_bytes(b"longer jpeg bytes")
+    rewritten = feature_key(tmp_path / "model.pth", 1024, SCALES, False, paths)
+    assert rewritten != key
+    stat = paths[1].stat()
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert feature_key(tmp_path / "model.pth", 1024, SCALES, False, paths) not in (key, rewritten)
+
+
+def test_zero_byte_feature_files_are_extracted_again(tmp_path, capsys):
+    """A 0-byte .npy (numpy reads it as EOFError) takes the path of a truncated one: not complete, so redone."""
+    store = FeatureStore(tmp_path, ENV)
+    store.load("set_db", {"k": 1}, 5, 3, Compute(), shard_size=2)
+    (tmp_path / "set_db.npy").write_bytes(b"")
+    merged = Compute()
+    features, _ = store.load("set_db", {"k": 1}, 5, 3, merged, shard_size=2)
+    assert merged.spans == [(0, 2), (2, 4), (4, 5)] and ">> set_db: extracting 5 images" in capsys.readouterr().out
+    np.testing.assert_array_equal(features, expected_rows(5))
+    np.testing.assert_array_equal(np.load(tmp_path / "set_db.npy"), expected_rows(5))
+
+    store.load("r1m", {"k": 1}, 5, 3, Compute(), shard_size=2, merge=False)
+    (tmp_path / "r1m" / "shard_00001.npy").write_bytes(b"")
+    sharded = Compute()
+    features, _ = store.load("r1m", {"k": 1}, 5, 3, sharded, shard_size=2, merge=False)
+    assert sharded.spans == [(2, 4)]
+    assert ">> r1m: 2 of 3 shards found, extracting the other 1" in capsys.readouterr().out
+    np.testing.assert_array_equal(features, expected_rows(5))

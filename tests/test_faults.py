@@ -36,6 +36,21 @@ Rows already tested elsewhere are only listed here, with the test that covers th
 * one DDP rank dies: added (torchrun's agent stops the others).
 * disk full: added (features, shards, checkpoints; through train.py).
 * NaN / inf loss: ``test_train.test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint``.
+
+Issue #15, evaluation defects, each held by a test that causes the real fault:
+
+* 4, images rewritten in place: ``test_test.test_images_rewritten_in_place_are_extracted_again``,
+  ``test_extract.test_feature_key_follows_each_image_file``.
+* 5, 0-byte feature files: ``test_extract.test_zero_byte_feature_files_are_extracted_again``.
+* 7, ``--scales nan`` / ``inf`` / ``1e6``: ``test_test.test_bad_input_is_one_line_and_exit_code_2``.
+* 9, a box far larger than its image: ``test_revisitop.test_a_box_far_larger_than_its_image_is_refused_before_
+  cropping``.
+* 10, nothing to evaluate, undefined mAP: ``test_test.test_nothing_to_evaluate_is_exit_code_2``,
+  ``test_an_undefined_map_is_null_in_results_json_and_n_a_on_screen``.
+* 13, Ctrl-C during extraction with loader workers: ``test_test.test_ctrl_c_during_extraction_with_loader_workers_
+  stops_the_run`` (real SIGINTs to real test.py runs), ``test_interrupts``.
+* 17, image list entries outside ``jpg/``: ``test_revisitop.test_list_entries_outside_jpg_are_refused``,
+  ``test_r1m_image_list``.
 """
 
 import errno
@@ -348,8 +363,13 @@ def _temporary_files(folder):
     return [path for path in Path(folder).rglob("*") if path.name.endswith(".tmp")]
 
 
+def _block(start, stop, offset):
+    return np.arange(start, stop, dtype=np.float32)[:, None] + np.full((1, 3), offset)
+
+
 def _rows(offset):
-    return lambda start, stop, progress: np.arange(start, stop, dtype=np.float32)[:, None] + np.full((1, 3), offset)
+    """A fake extractor (``FeatureStore.load``'s ``compute``): rows ``i + offset`` for each span."""
+    return lambda spans, progress: (_block(start, stop, offset) for start, stop in spans)
 
 
 def test_disk_full_while_writing_a_feature_shard(tmp_path, monkeypatch):
@@ -376,10 +396,9 @@ def test_disk_full_while_writing_the_merged_features(tmp_path, monkeypatch, caps
     monkeypatch.undo()
     assert _temporary_files(tmp_path) == []
     assert not (tmp_path / "set_db.json").exists()  # no sidecar: neither key's set is reused from set_db.npy
-    np.testing.assert_array_equal(np.load(tmp_path / "set_db.npy"), _rows(0.0)(0, 5, None))  # old file intact
-    compute = _rows(1.0)
+    np.testing.assert_array_equal(np.load(tmp_path / "set_db.npy"), _block(0, 5, 0.0))  # old file intact
     rerun, _ = store.load("set_db", {"k": 2}, 5, 3, lambda *a: pytest.fail("recomputed a shard"), shard_size=2)
-    np.testing.assert_array_equal(rerun, compute(0, 5, None))  # the rerun merges the shards already written
+    np.testing.assert_array_equal(rerun, _block(0, 5, 1.0))  # the rerun merges the shards already written
     assert "3 of 3 shards found" in capsys.readouterr().out
 
 

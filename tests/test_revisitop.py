@@ -1,5 +1,6 @@
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -122,9 +123,32 @@ def test_r1m_image_list(tmp_path):
     assert ds.qimlist == [] and ds.gnd == []
     (folder / "jpg" / "a" / "b" / "one.jpg").write_bytes(b"x")
     assert ds.missing_images() == [folder / "jpg" / "a" / "two.jpg"]
-    (folder / f"{R1M}.txt").write_text("../escape.jpg\n")
-    with pytest.raises(InputError, match="entry 1"):
+    (folder / f"{R1M}.txt").write_text("a/two\n\n../escape.jpg\n")
+    with pytest.raises(InputError, match=r"revisitop1m.txt: line 3 \('../escape.jpg'\) must be a path inside jpg/"):
         load_revisitop(tmp_path, R1M)
+
+
+@pytest.mark.parametrize("key,entry,why", [
+    ("imlist", "../../../../outside/secret", "a path through '..'"),
+    ("qimlist", "q/../../../../../outside/secret", "a path through '..'"),
+    ("imlist", "/etc/hostname", "an absolute path"),
+    ("qimlist", "", "an empty name"),
+])
+def test_list_entries_outside_jpg_are_refused(tmp_path, key, entry, why):
+    """The file outside jpg/ exists, so an unchecked entry would be read as an image of the set."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    coordinate_image(8, 8).save(outside / "secret.jpg")
+    folder = write_set(tmp_path / "data")
+    assert (folder / "jpg" / "../../../../outside/secret.jpg").resolve() == outside / "secret.jpg"
+    with open(folder / "gnd_synthetic.pkl", "rb") as f:
+        data = pickle.load(f)
+    data[key] = [entry] + data[key][1:]
+    with open(folder / "gnd_synthetic.pkl", "wb") as f:
+        pickle.dump(data, f)
+    message = f"gnd_synthetic.pkl: '{key}' entry 0 ({entry!r}) must be a path inside jpg/, not {why}"
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_revisitop(tmp_path / "data", "synthetic")
 
 
 @pytest.mark.parametrize("size,imsize,expected", [
@@ -169,6 +193,21 @@ def test_resize_query_box_beyond_the_edge_is_padded_black_and_outside_is_refused
     assert np.array_equal(out[:, :10], np.asarray(img)[10:20, 10:20]) and not out[:, 10:].any()
     with pytest.raises(InputError, match="does not overlap"):
         resize_query(img, (25, 0, 30, 5), 20)
+    framed = np.asarray(resize_query(img, (-10, -10, 30, 30), 20))  # twice the image: still the reference's crop
+    assert framed.shape == (40, 40, 3) and np.array_equal(framed[10:30, 10:30], np.asarray(img))
+
+
+def test_a_box_far_larger_than_its_image_is_refused_before_cropping(tmp_path):
+    """[0, 0, 1e5, 1e5] on a 96 x 72 image: PIL would refuse the 1e10-pixel crop as a decompression bomb."""
+    folder = write_set(tmp_path, gnd=[{"bbx": [0, 0, 1e5, 1e5], "easy": [0], "hard": [], "junk": []},
+                                      {"bbx": [0, 0, 30, 61], "easy": [1], "hard": [], "junk": []}])
+    coordinate_image(96, 72).save(folder / "jpg" / "q_0.jpg")
+    ds = load_revisitop(tmp_path, "synthetic")
+    queries = RevisitopImages(ds.query_paths(), imsize=32, bbxs=ds.bbxs())
+    with pytest.raises(InputError, match=r"q_0.jpg: bbx \(0.0, 0.0, 100000.0, 100000.0\) is more than twice the width "
+                                         "or height of the 96x72 query image"):
+        queries[0]
+    assert tuple(queries[1][0].shape) == (3, 32, 16)  # 61 rows of a 60-row image: one black row, accepted
 
 
 def test_images_dataset_database_and_queries(tmp_path):

@@ -1,6 +1,7 @@
 """test.py end to end on a generated roxford5k-format set (and R1M-format distractors) with a small resnet18 Token:
 the printed report, the files written, reuse of features, shard resume, torchrun, clean errors."""
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import io
@@ -8,9 +9,11 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from PIL import Image
 from networks import Token
 from networks.checkpoint import model_state
 from retrieval.evaluation import EvalSettings, evaluate_checkpoint, parse_settings
+from retrieval.features import KEY_CHECKS
 
 ROOT = Path(__file__).resolve().parents[1]
 # test.py by path: importing it by its module name could find the standard library's test package
@@ -53,7 +57,7 @@ def write_mini_set(data_root, name="roxford5k", seed=0):
     pickles hold it (lists of ints, ``bbx`` as a list of floats)."""
     rng = np.random.default_rng(seed)
     folder = Path(data_root) / "test" / name
-    (folder / "jpg").mkdir(parents=True)
+    (folder / "jpg").mkdir(parents=True, exist_ok=True)  # an existing set is rewritten in place
     imlist = [f"db_{i:03d}" for i in range(len(DB_SIZES))]
     qimlist = [f"query_{q}" for q in range(len(QUERIES))]
     for image, size in zip(imlist, DB_SIZES, strict=True):
@@ -273,12 +277,16 @@ def test_without_output_dir_nothing_is_kept(setup, tmp_path, monkeypatch):
     ("pq_too_few", "needs at least 256 database images"),
     ("amp_on_cpu", "--amp runs float16 autocast on CUDA"),
     ("r1m_as_dataset", "pass --r1m"),
+    ("scales_nan", "--scales: every value must be a number in (0, 4], got [1.0, nan]"),
+    ("scales_inf", "--scales: every value must be a number in (0, 4], got [inf]"),
+    ("scales_huge", "--scales: every value must be a number in (0, 4], got [1000000.0]"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(setup, evaluated, tmp_path, capsys, case, message):
     data_root, checkpoint = setup
     output_dir = copy_of(evaluated[0], tmp_path) if case == "pq_too_few" else tmp_path / "out"  # features reused
     extra = {"pq_not_dividing": ["--pq", "5"], "pq_too_few": ["--pq", "4"], "amp_on_cpu": ["--amp"],
-             "r1m_as_dataset": ["--datasets", "revisitop1m"]}.get(case, [])
+             "r1m_as_dataset": ["--datasets", "revisitop1m"], "scales_nan": ["--scales", "1", "nan"],
+             "scales_inf": ["--scales", "inf"], "scales_huge": ["--scales", "1e6"]}.get(case, [])
     if case == "no_root":
         data_root = tmp_path / "nowhere"
     elif case == "no_checkpoint":
@@ -318,3 +326,133 @@ def test_subprocess_exit_codes_and_help(tmp_path):
                  "--pq-bits", "--ivf", "--nprobe", "--qe", "--dba", "--alpha", "--top-n", "--batch-size", "--workers",
                  "--device", "--amp", "--shard-size"):
         assert flag in helped.stdout
+
+
+def with_gnd(data_root, tmp_path, edit):
+    """A copy of the data root whose ground-truth pickle is rewritten (a real pickle) after ``edit(data)``."""
+    root = Path(shutil.copytree(data_root, tmp_path / "data"))
+    pkl = root / "test" / "roxford5k" / "gnd_roxford5k.pkl"
+    with open(pkl, "rb") as f:
+        data = pickle.load(f)
+    edit(data)
+    with open(pkl, "wb") as f:
+        pickle.dump(data, f)
+    return root, pkl
+
+
+def _no_database(data):
+    data["imlist"] = []
+    for q in data["gnd"]:
+        q.update(easy=[], hard=[], junk=[])
+
+
+def _no_positives(data):
+    for q in data["gnd"]:
+        q.update(easy=[], hard=[])
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda data: data.update(qimlist=[], gnd=[]), "'qimlist' is empty: no queries, nothing to evaluate"),
+    (_no_database, "'imlist' is empty: no database images, nothing to evaluate"),
+    (_no_positives, "no query has a positive (every 'easy' and 'hard' is empty): no mAP is defined"),
+])
+def test_nothing_to_evaluate_is_exit_code_2(setup, tmp_path, capsys, edit, message):
+    data_root, checkpoint = with_gnd(setup[0], tmp_path, edit)[0], setup[1]
+    with pytest.raises(SystemExit) as exit_info:
+        run_test(data_root, checkpoint, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {data_root / 'test' / 'roxford5k' / 'gnd_roxford5k.pkl'}: {message}"), err
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_an_undefined_map_is_null_in_results_json_and_n_a_on_screen(setup, tmp_path, capsys):
+    """No query has an easy positive: Easy mAP and mP@k are undefined; Medium and Hard are numbers."""
+    data_root, _ = with_gnd(setup[0], tmp_path, lambda data: [q.update(easy=[]) for q in data["gnd"]])
+    run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
+    out = capsys.readouterr().out
+    assert ">> mAP Easy: n/a, Medium: " in out and "Easy: [n/a, n/a, n/a], Medium: [" in out
+    results = _strict_json((tmp_path / "out" / "results.json").read_text())
+    exact = results["datasets"]["roxford5k"]["runs"]["exact"]
+    assert exact["easy"] == {"mAP": None, "mP@1": None, "mP@5": None, "mP@10": None}
+    assert 0 <= exact["medium"]["mAP"] <= 100 and 0 <= exact["hard"]["mAP"] <= 100
+    with pytest.raises(ValueError, match="not strict JSON: NaN"):
+        _strict_json(json.dumps({"mAP": float("nan")}))  # the parser used above refuses what was written before
+
+
+def test_images_rewritten_in_place_are_extracted_again(setup, tmp_path, capsys):
+    """The same paths with other contents (new files, new sizes and modification times): not the old features."""
+    data_root = Path(shutil.copytree(setup[0], tmp_path / "data"))
+    first = run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
+    before = np.load(tmp_path / "out" / "features" / "roxford5k_db.npy")
+    write_mini_set(data_root, seed=7)
+    capsys.readouterr()
+    report = run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
+    out = capsys.readouterr().out
+    assert ">> roxford5k_db: extracting 26 images" in out and ">> roxford5k_query: extracting 4 images" in out
+    assert "reusing" not in out
+    assert np.abs(np.load(tmp_path / "out" / "features" / "roxford5k_db.npy") - before).max() > 1e-3
+    exact = report["datasets"]["roxford5k"]["runs"]["exact"]
+    assert exact["medium"] != first["datasets"]["roxford5k"]["runs"]["exact"]["medium"]  # not the old result
+    fresh = run_test(data_root, setup[1], tmp_path / "fresh", "--scales", "1")["datasets"]["roxford5k"]["runs"]
+    assert all(exact[p] == fresh["exact"][p] for p in ("easy", "medium", "hard"))  # but the fresh one
+    capsys.readouterr()
+    run_test(data_root, setup[1], tmp_path / "out", "--scales", "1")
+    out = capsys.readouterr().out
+    assert f"/features/roxford5k_db.npy ({KEY_CHECKS})" in out and "extracting" not in out  # unchanged: reused
+
+
+def write_uniform_set(data_root, count, size=(160, 120)):
+    """A roxford5k-format set of ``count`` database images of one size and two queries: enough images for an
+    extraction that lasts a few seconds."""
+    rng = np.random.default_rng(3)
+    folder = Path(data_root) / "test" / "roxford5k"
+    (folder / "jpg").mkdir(parents=True)
+    imlist = [f"db_{i:04d}" for i in range(count)]
+    for name in imlist + ["query_0", "query_1"]:
+        _image(rng, *size).save(folder / "jpg" / f"{name}.jpg", quality=90)
+    gnd = [{"bbx": [0.0, 0.0, 100.0, 100.0], "easy": [q], "hard": [q + 2], "junk": []} for q in range(2)]
+    with open(folder / "gnd_roxford5k.pkl", "wb") as f:
+        pickle.dump({"imlist": imlist, "qimlist": ["query_0", "query_1"], "gnd": gnd}, f)
+
+
+def test_ctrl_c_during_extraction_with_loader_workers_stops_the_run(tmp_path):
+    """A real SIGINT to real test.py runs with --workers 2, at four moments after the database extraction began,
+    to the process alone or (as Ctrl-C in a terminal) to its whole process group with the loader workers: every
+    run stops with exit code 130 and one last line, and the shards it wrote are complete."""
+    write_uniform_set(tmp_path / "data", 400)
+    checkpoint = write_checkpoint(tmp_path / "token.pth")
+    tries = [(0.0, os.kill), (0.5, os.killpg), (1.0, os.kill), (2.0, os.killpg)]
+
+    def interrupt(k, delay, kill):
+        cmd = [sys.executable, "test.py", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path / "data"),
+               "--datasets", "roxford5k", "--imsize", "160", "--workers", "2", "--device", "cpu", "--shard-size", "8",
+               "--output-dir", str(tmp_path / f"out{k}")]
+        run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+        out = ""
+        for line in run.stdout:
+            out += line
+            if ">> roxford5k_db: extracting 400 images" in line:
+                break
+        time.sleep(delay)
+        kill(run.pid, signal.SIGINT)
+        rest, err = run.communicate(timeout=120)
+        return run.returncode, out + rest, err
+
+    with concurrent.futures.ThreadPoolExecutor(len(tries)) as pool:
+        results = list(pool.map(lambda args: interrupt(*args), [(k, *t) for k, t in enumerate(tries)]))
+    for k, (code, out, err) in enumerate(results):
+        assert "roxford5k_db: extracting" in out and "Test Dataset" not in out, (k, out)  # stopped mid-extraction
+        assert code == 130 and err.splitlines()[-1] == "error: interrupted", (k, code, err[-2000:])
+        folder = tmp_path / f"out{k}" / "features"
+        assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+        assert not (folder / "roxford5k_db.npy").exists()
+        for shard in (folder / "roxford5k_db").glob("shard_*.npy"):
+            assert np.load(shard).shape == (8, DIM)

@@ -4,6 +4,7 @@ import functools
 import sys
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command that Ctrl-C ended
 
 
 class InputError(Exception):
@@ -11,7 +12,9 @@ class InputError(Exception):
 
 
 def fail_cleanly(main):
-    """Decorate a script's ``main``: an ``InputError`` prints ``error: <message>`` and exits with code 2."""
+    """Decorate a script's ``main``: an ``InputError`` prints ``error: <message>`` and exits with code 2; Ctrl-C
+    (SIGINT, ``KeyboardInterrupt``) prints ``error: interrupted`` and exits with code 130. Files written so far
+    stay: every one is written whole or not at all (``utils.atomic``)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -20,6 +23,10 @@ def fail_cleanly(main):
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            pass  # leaving the except block frees the interrupted frames: their destructors print before this line
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 
