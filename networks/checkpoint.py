@@ -111,9 +111,8 @@ def read_checkpoint(path):
     if released.is_deep_image_retrieval(obj):
         raw, whitening, preprocess = released.from_deep_image_retrieval(obj, path)
         extras = {"whitening": whitening, "preprocess": preprocess}
-        state, original = named_tensors(raw, path, lambda key: key)
-        state = released.dirtorch_to_ours(state)
-        original = {released.rename(k, released.DIRTORCH_TO_OURS): v for k, v in original.items()}
+        state, original = named_tensors(raw, path, released.dirtorch_to_ours)
+        state = released.dirtorch_shapes(state)
     else:
         state, original = named_tensors(obj.get("state_dict", obj), path, released.released_to_ours)
     config = obj.get("model_config") if not extras else None

@@ -185,10 +185,13 @@ def from_deep_image_retrieval(obj, path):
     return obj["state_dict"], whitenings, dict(obj.get("preprocess") or {})
 
 
-def dirtorch_to_ours(state):
-    """Our names for a deep-image-retrieval state_dict (``module.`` already stripped); their GeM power has shape
-    (1,), ours is a scalar."""
-    ours = {rename(key, DIRTORCH_TO_OURS): value for key, value in state.items()}
-    if "pool.p" in ours:
-        ours["pool.p"] = ours["pool.p"].reshape(())
-    return ours
+def dirtorch_to_ours(key):
+    return rename(key, DIRTORCH_TO_OURS)
+
+
+def dirtorch_shapes(state):
+    """A deep-image-retrieval state_dict in our names with our shapes: their GeM power has shape (1,), ours is a
+    scalar."""
+    if "pool.p" in state:
+        state = {**state, "pool.p": state["pool.p"].reshape(())}
+    return state
