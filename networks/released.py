@@ -180,9 +180,11 @@ def from_deep_image_retrieval(obj, path):
     options = obj["model_options"] if isinstance(obj["model_options"], dict) else {}
     if options.get("without_fc"):
         raise InputError(f"{path}: a model without its fc layer (model_options without_fc) is not supported")
-    pcas = obj.get("pca") or {}
+    pcas, preprocess = obj.get("pca") or {}, obj.get("preprocess")
+    if not isinstance(pcas, dict):
+        raise InputError(f"{path}: its 'pca' is a {type(pcas).__name__}, expected a dict of fitted PCAs by name")
     whitenings = {name: pca_whitening(pca, name, path) for name, pca in pcas.items()}
-    return obj["state_dict"], whitenings, dict(obj.get("preprocess") or {})
+    return obj["state_dict"], whitenings, dict(preprocess) if isinstance(preprocess, dict) else {}
 
 
 def dirtorch_to_ours(key):

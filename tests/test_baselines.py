@@ -156,6 +156,13 @@ def test_a_deep_image_retrieval_file_with_any_other_class_is_refused(tmp_path, m
     assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
 
 
+def test_a_deep_image_retrieval_file_whose_pca_is_not_one_is_refused(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({"model_options": {}, "state_dict": {}, "pca": {"Landmarks_clean": {"mean_": np.zeros(3)}}}, path)
+    with pytest.raises(InputError, match=r"odd.pt: pca\['Landmarks_clean'\] is not a fitted scikit-learn PCA"):
+        load_model(path)
+
+
 # ---------------------------------------------------------------- files that must be refused (issue #15)
 
 
