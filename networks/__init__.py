@@ -1,15 +1,28 @@
-"""The Token model: ``from networks import Token, load_token``."""
+"""The models: ``from networks import Token, load_model``.
 
+``load_model(path)`` reads any released or trained model file; ``build_model(config, num_classes=...)`` builds the
+model that a config of ``networks.config`` (``CONFIGS``, by model name) describes.
+"""
+
+from networks.apgem import APGeM
 from networks.arcface import ArcFace
 from networks.attention import MultiHeadAttention
 from networks.backbone import Backbone
-from networks.checkpoint import load_token
-from networks.config import TokenConfig
+from networks.checkpoint import load_model, load_token
+from networks.config import CONFIGS, APGeMConfig, DELGConfig, NetVLADConfig, RMACConfig, SOLARConfig, TokenConfig
+from networks.delg import DELG
 from networks.lfsa import LFSA
-from networks.pooling import GeM, SPoC
+from networks.models import MODELS, build_model
+from networks.netvlad import NetVLAD
+from networks.pooling import MAC, GeM, SPoC
 from networks.refinement import RefinementBlock
+from networks.rmac import RMAC
+from networks.solar import SOLAR
 from networks.token import Token
 from networks.tokenizer import Tokenizer
+from networks.whitening import PCAWhitening
 
-__all__ = ["ArcFace", "Backbone", "GeM", "LFSA", "MultiHeadAttention", "RefinementBlock", "SPoC", "Token",
-           "TokenConfig", "Tokenizer", "load_token"]
+__all__ = ["APGeM", "APGeMConfig", "ArcFace", "Backbone", "CONFIGS", "DELG", "DELGConfig", "GeM", "LFSA", "MAC",
+           "MODELS", "MultiHeadAttention", "NetVLAD", "NetVLADConfig", "PCAWhitening", "RMAC", "RMACConfig",
+           "RefinementBlock", "SOLAR", "SOLARConfig", "SPoC", "Token", "TokenConfig", "Tokenizer", "build_model",
+           "load_model", "load_token"]

@@ -27,3 +27,18 @@ class ArcFace(nn.Module):
         cos_margin = torch.where(cos < math.cos(math.pi - self.margin), cos, cos_margin)
         target = F.one_hot(labels, cos.shape[1]).bool()
         return self.scale * torch.where(target, cos_margin, cos)
+
+
+class ArcFaceModel(nn.Module):
+    """A retrieval model trained by an ArcFace head on its descriptor: a subclass defines ``forward_test`` and
+    sets ``self.arcface`` (an ``ArcFace``, or None for a test-time model)."""
+
+    def forward(self, images, labels):
+        """Training step: ArcFace cross-entropy ``loss`` and the margin ``logits`` (B, classes)."""
+        logits = self.classifier()(self.forward_test(images), labels)
+        return F.cross_entropy(logits, labels), logits
+
+    def classifier(self):
+        if self.arcface is None:
+            raise RuntimeError(f"this {type(self).__name__} has no classifier: build it with num_classes to train it")
+        return self.arcface

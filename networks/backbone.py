@@ -43,7 +43,8 @@ def imagenet_state_dict(name, weights_path=None):
 
 
 class Backbone(nn.Module):
-    """ResNet trunk conv1 .. layer4; ``channels`` is its output width (512 for resnet18/34, else 2048)."""
+    """ResNet trunk conv1 .. layer4; ``channels`` is its output width (512 for resnet18/34, else 2048), half of it
+    the width of layer3."""
 
     def __init__(self, name="resnet101", pretrained=True, weights_path=None):
         super().__init__()
@@ -57,5 +58,10 @@ class Backbone(nn.Module):
         self.channels = resnet.fc.in_features
 
     def forward(self, images):
+        return self.forward_layers(images)[1]
+
+    def forward_layers(self, images):
+        """The outputs of layer3 (stride 16) and layer4 (stride 32)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x3 = self.layer3(self.layer2(self.layer1(x)))
+        return x3, self.layer4(x3)

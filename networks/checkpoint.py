@@ -1,29 +1,34 @@
-"""Checkpoints, in one place: read safely (``weights_only=True``: nothing in a file runs code), written atomically,
-and their layout defined once.
+"""Checkpoints, in one place: read safely (nothing in a file runs code), written atomically, and their layout
+defined once.
 
-Read: the authors' released files (a plain state_dict in the released layout, docs/FACTS.md, "Released
-checkpoints", or their training wrapper ``{'epoch', 'state_dict', 'optim'}``), DDP's ``module.`` prefix, and ours.
-Released names are mapped onto ours; the architecture is taken from ``model_config`` when present, else inferred
-from the keys and shapes.
+Read (``load_model``): the authors' released files (Token, R-MAC, SOLAR, DELG, NetVLAD: a plain state_dict in the
+released layout, docs/FACTS.md, "Released checkpoints" and "The baselines", or their training wrapper
+``{'epoch', 'state_dict', 'optim'}``), deep-image-retrieval's ``.pt`` files, DDP's ``module.`` prefix, and ours.
+Torch files load with ``weights_only=True``; a deep-image-retrieval file, whose PCA objects that refuses, is read
+again through a restricted unpickler that admits only tensors, arrays, plain data and the PCA's attributes
+(``networks.released``). Released names are mapped onto ours; the architecture is taken from ``model_config``
+when present, else inferred from the keys and shapes. A file that is missing, unreadable, holds NaN or infinite
+weights, an unusable ``model_config`` or keys that do not fit is an ``InputError`` naming it.
 
-Ours: every file holds ``model_state`` (``state_dict`` and ``model_config``); train.py's ``last.pth`` /
-``best.pth`` add what resuming needs (``training_state``).
+Ours: every file holds ``model_state`` (``state_dict`` and ``model_config``, the config's ``to_dict`` with the
+model's name); train.py's ``last.pth`` / ``best.pth`` add what resuming needs (``training_state``).
 """
 
 import logging
 import os
 import pickle
-import re
 import shutil
 import zipfile
 from pathlib import Path
 
 import torch
 
-from networks.config import TokenConfig
-from networks.token import Token
+from networks import released
+from networks.config import TokenConfig, config_from_dict
+from networks.models import build_model
 from utils.atomic import atomic_write, write_error
 from utils.errors import InputError
+from utils.safe_pickle import UnsafePickleError
 
 log = logging.getLogger(__name__)
 
@@ -31,132 +36,151 @@ LAST = "last.pth"
 BEST = "best.pth"
 TRAINING_KEYS = ("step", "steps_per_epoch", "state_dict", "model_config", "optimizer", "scheduler", "scaler", "args",
                  "best_top1_err", "epoch")
-
-# Released key prefix -> ours, first match wins.
-RELEASED_TO_OURS = [
-    (r"backbone\.block1\.0\.", "backbone.conv1."),
-    (r"backbone\.block1\.1\.", "backbone.bn1."),
-    (r"backbone\.block([2-5])\.", lambda m: f"backbone.layer{int(m[1]) - 1}."),
-    (r"tr\.conv\.", "input_proj."),
-    (r"tr\.encoder\.(\d+)\.bn\.", r"lfsa.\1.norm."),
-    (r"tr\.encoder\.(\d+)\.mlp\.", r"lfsa.\1.linear."),
-    (r"tr\.encoder\.(\d+)\.attn\.", r"lfsa.\1.attn."),
-    (r"tr\.query$", "tokenizer.queries"),
-    (r"tr\.token_norm\.", "tokenizer.proj."),
-    (r"tr\.decoder\.(\d+)\.bn([12])\.", r"refinement.\1.norm\2."),
-    (r"tr\.decoder\.", "refinement."),
-    (r"tr\.proj\.", "projection."),
-    (r"classifier\.", "arcface."),
-]
-
-# (bottleneck blocks?, blocks in layer3) -> torchvision ResNet
-RESNET_BY_LAYER3 = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
-                    (True, 23): "resnet101", (True, 36): "resnet152"}
+NUMPY_MAGIC = b"\x93NUMPY"
 
 
-def released_to_ours(key):
-    for pattern, repl in RELEASED_TO_OURS:
-        new, n = re.subn("^" + pattern, repl, key)
-        if n:
-            return new
-    return key
+def _unreadable(path, err):
+    return InputError(f"{path}: not a readable checkpoint, truncated or not a torch file "
+                      f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})")
 
 
-def read_file(path, expected="a Token checkpoint (.pth)"):
-    """``torch.load`` of ``path`` on the CPU with ``weights_only=True``; every failure is an ``InputError``."""
+def read_file(path, expected="a Token checkpoint (.pth)", pickle_module=None):
+    """``torch.load`` of ``path`` on the CPU with ``weights_only=True``; every failure is an ``InputError``.
+
+    With ``pickle_module`` (a restricted one, ``utils.safe_pickle.restricted_pickle_module``), a file that
+    ``weights_only`` refuses is read again through it.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            magic = f.read(len(NUMPY_MAGIC))
     except FileNotFoundError:
         raise InputError(f"{path} not found: expected {expected}") from None
+    except OSError as err:
+        raise _unreadable(path, err) from None
+    if magic == NUMPY_MAGIC:
+        raise InputError(f"{path}: a numpy array file (.npy), not a torch checkpoint; expected {expected}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if "Weights only load failed" not in str(err):
+            raise InputError(f"{path}: not a readable checkpoint ({err})") from None
+        if pickle_module is None:
             raise InputError(f"{path}: refused to load, it holds objects that would run code when "
                              "unpickled; only tensors and plain data are accepted") from None
-        raise InputError(f"{path}: not a readable checkpoint ({err})") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise InputError(f"{path}: not a readable checkpoint, truncated or not a torch file "
-                         f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        raise _unreadable(path, err) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+    except UnsafePickleError as err:
+        raise InputError(f"{path}: refused to load, it holds objects that would run code when unpickled ({err}); "
+                         "only tensors, arrays and plain data are accepted") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
+            zipfile.BadZipFile) as err:
+        raise _unreadable(path, err) from None
+
+
+def named_tensors(state, path, rename):
+    """``state`` with ``module.`` stripped and keys renamed by ``rename``, and a map from the new names back to the
+    file's; refuses entries that are not string-named tensors and weights that are NaN or infinite."""
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: expected a state_dict or a dict with 'state_dict', got {type(state).__name__}")
+    ours, original = {}, {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            raise InputError(f"{path}: its state_dict entry {key!r} is not a tensor named by a string "
+                             f"({type(key).__name__} -> {type(value).__name__}); not a model checkpoint")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise InputError(f"{path}: tensor '{key}' holds NaN or infinite values; the weights are corrupt "
+                             "(a diverged run or a damaged file)")
+        name = rename(key.removeprefix("module."))
+        ours[name], original[name] = value, key
+    return ours, original
 
 
 def read_checkpoint(path):
-    """The file's state_dict (our names, ``module.`` stripped), its ``model_config`` or None, and a map from
-    our names back to the names in the file (for error messages)."""
-    obj = read_file(path)
+    """The file's state_dict (our names, ``module.`` stripped), its ``model_config`` (a dict, the one in the file
+    or one inferred from the keys) and a map from our names back to the names in the file (for error messages).
+
+    A deep-image-retrieval file also gives its whitenings and preprocessing: ``extras`` =
+    ``{"whitening": ..., "preprocess": ...}`` (empty for any other file).
+    """
+    obj = read_file(path, "a model checkpoint (.pth, or a deep-image-retrieval .pt)", released.PICKLE_MODULE)
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a state_dict or a dict with 'state_dict', got {type(obj).__name__}")
-    config = obj.get("model_config")
-    state = obj.get("state_dict", obj)
-    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise InputError(f"{path}: its state_dict holds entries that are not named tensors; not a model checkpoint")
-    ours, original = {}, {}
-    for key, value in state.items():
-        stripped = key.removeprefix("module.")
-        name = released_to_ours(stripped)
-        ours[name], original[name] = value, key
-    return ours, config, original
-
-
-def _count(state, prefix):
-    indices = {int(m[1]) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return max(indices) + 1 if indices else 0
-
-
-def infer_config(state, path):
-    """Token constructor arguments read off the keys and shapes of ``state`` (our names)."""
-    if "input_proj.0.weight" not in state or "projection.0.weight" not in state:
-        missing = "input_proj.0.weight" if "input_proj.0.weight" not in state else "projection.0.weight"
-        raise InputError(f"{path}: not a Token checkpoint, no key '{missing}' (released name "
-                         "'tr.conv.0.weight' / 'tr.proj.0.weight')")
-    bottleneck = any(k.startswith("backbone.layer1.0.conv3.") for k in state)
-    depth = (bottleneck, _count(state, "backbone.layer3."))
-    if depth not in RESNET_BY_LAYER3:
-        raise InputError(f"{path}: backbone with {depth[1]} blocks in layer3 is not a torchvision ResNet")
-    config = dict(backbone=RESNET_BY_LAYER3[depth], dim=state["input_proj.0.weight"].shape[0],
-                  out_dim=state["projection.0.weight"].shape[0], lfsa_blocks=_count(state, "lfsa."))
-    if "tokenizer.queries" in state or "tokenizer.centres" in state or "tokenizer.ema_centres" in state:
-        kind, centres = next((kind, state[f"tokenizer.{name}"])
-                             for kind, name in (("attention", "queries"), ("learned", "centres"), ("vq", "ema_centres"))
-                             if f"tokenizer.{name}" in state)
-        blocks = _count(state, "refinement.")
-        config.update(aggregation="tokens", tokenizer=kind, num_tokens=centres.shape[1], refinement_blocks=blocks,
-                      cross_attention=blocks == 0 or "refinement.0.cross_attn.q.weight" in state,
-                      self_attention=blocks == 0 or "refinement.0.self_attn.q.weight" in state)
+    extras = {}
+    if released.is_deep_image_retrieval(obj):
+        raw, whitening, preprocess = released.from_deep_image_retrieval(obj, path)
+        extras = {"whitening": whitening, "preprocess": preprocess}
+        state, original = named_tensors(raw, path, released.dirtorch_to_ours)
+        state = released.dirtorch_shapes(state)
     else:
-        config["aggregation"] = "gem" if "pool.p" in state else "spoc"
-    return config
+        state, original = named_tensors(obj.get("state_dict", obj), path, released.released_to_ours)
+    config = obj.get("model_config") if not extras else None
+    return state, config or released.infer_config(state, path), original, extras
+
+
+def config_of(settings, path, model=None):
+    """The config of a ``model_config`` dict read from ``path`` (a ``model`` config class when given)."""
+    try:
+        return model.from_dict(settings) if model else config_from_dict(settings)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{path}: its model_config cannot be used: {err}") from None
 
 
 def check_fits(model, state, original, path):
     """Raise an InputError naming the first missing, unexpected or mis-shaped key."""
     expected = model.state_dict()
+    what = f"{type(model).__name__}({model.config.backbone})"
     name = lambda key: f"'{key}'" + (f" (in the file: '{original[key]}')" if original.get(key, key) != key else "")  # noqa: E731
     for key in expected:
         if key not in state:
-            raise InputError(f"{path} does not fit Token({model.config.backbone}): missing key {name(key)}")
+            raise InputError(f"{path} does not fit {what}: missing key {name(key)}")
     for key in state:
         if key not in expected:
-            raise InputError(f"{path} does not fit Token({model.config.backbone}): unexpected key {name(key)}")
+            raise InputError(f"{path} does not fit {what}: unexpected key {name(key)}")
     for key, value in state.items():
         if value.shape != expected[key].shape:
-            raise InputError(f"{path} does not fit Token({model.config.backbone}): key {name(key)} has shape "
+            raise InputError(f"{path} does not fit {what}: key {name(key)} has shape "
                              f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}")
 
 
-def load_token(path):
-    """Build the Token that ``path`` holds, load its weights and return it in eval mode.
+def _build_and_load(config, state, original, path):
+    """The model of ``config`` holding ``state``'s tensors (float32), built on the meta device: no time is spent
+    initialising weights that the file replaces."""
+    num_classes = state["arcface.weight"].shape[0] if "arcface.weight" in state else None
+    with torch.device("meta"):
+        model = build_model(config, num_classes=num_classes, pretrained=False)
+    check_fits(model, state, original, path)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, assign=True)
+    return model.eval()
+
+
+def load_model(path):
+    """The model that ``path`` holds, with its weights, in eval mode: any released file of the Token repository
+    (Token, R-MAC, SOLAR, DELG, NetVLAD), a deep-image-retrieval ``.pt`` (AP-GeM and its siblings; its PCA
+    whitenings in ``model.whitening``, a dict name -> ``PCAWhitening``) or a checkpoint of ours.
 
     The ArcFace classifier is loaded when the file has one (``model.arcface``), else left out.
     """
-    state, config, original = read_checkpoint(path)
-    try:
-        config = TokenConfig.from_dict(config if config else infer_config(state, path))
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{path}: its model_config does not describe a Token: {err}") from None
-    num_classes = state["arcface.weight"].shape[0] if "arcface.weight" in state else None
-    model = Token(config, num_classes=num_classes, pretrained=False)
-    check_fits(model, state, original, path)
-    model.load_state_dict(state)
-    return model.eval()
+    state, settings, original, extras = read_checkpoint(path)
+    model = _build_and_load(config_of(settings, path), state, original, path)
+    for name, value in extras.items():
+        setattr(model, name, value)
+    return model
+
+
+def load_token(path):
+    """``load_model`` for a file that must hold a Token: anything else is an ``InputError`` saying so."""
+    state, settings, original = _read_token(path)
+    return _build_and_load(config_of(settings, path, TokenConfig), state, original, path)
+
+
+def _read_token(path):
+    obj = read_file(path)
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a state_dict or a dict with 'state_dict', got {type(obj).__name__}")
+    state, original = named_tensors(obj.get("state_dict", obj), path, released.released_to_ours)
+    return state, obj.get("model_config") or released.infer_token_config(state, path), original
 
 
 # ---------------------------------------------------------------- ours

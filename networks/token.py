@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.arcface import ArcFace
+from networks.arcface import ArcFace, ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import TokenConfig
 from networks.lfsa import LFSA
@@ -21,7 +21,7 @@ from networks.refinement import RefinementBlock
 from networks.tokenizer import Tokenizer
 
 
-class Token(nn.Module):
+class Token(ArcFaceModel):
     """``Token(config)`` or ``Token(backbone="resnet50", ...)`` with ``TokenConfig`` fields as keywords.
 
     ``num_classes``: the ArcFace head's classes (None: a test-time model); ``pretrained`` / ``backbone_weights``:
@@ -78,13 +78,6 @@ class Token(nn.Module):
         """L2-normalised global descriptors (B, out_dim) of a batch of normalised images (B, 3, H, W)."""
         pooled = self.aggregate(self.local_features(images)[0])[0]
         return F.normalize(self.projection(pooled), dim=-1)
-
-    def forward(self, images, labels):
-        """Training step: ArcFace cross-entropy ``loss`` and the margin ``logits`` (B, classes)."""
-        if self.arcface is None:
-            raise RuntimeError("this Token has no classifier: build it with num_classes to train it")
-        logits = self.arcface(self.forward_test(images), labels)
-        return F.cross_entropy(logits, labels), logits
 
     @torch.no_grad()
     def attention_maps(self, images):

@@ -12,6 +12,7 @@ as scikit-learn's ``PCA(whiten=True)`` does: variances are those of the centred 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 EPS = 1e-12
 
@@ -35,7 +36,10 @@ class PCAWhitening:
         return self.components.shape[1]
 
     def __call__(self, x, power=0.25, dims=None, multiplier=1.0):
-        """Whitened, L2-normalised rows of ``x`` (N, D), in ``x``'s float dtype."""
+        """Whitened, L2-normalised rows of ``x`` (N, D), in ``x``'s float dtype; a torch tensor gives a tensor (on
+        its device), anything else a numpy array."""
+        if torch.is_tensor(x):
+            return torch.from_numpy(self(x.detach().cpu().numpy(), power, dims, multiplier)).to(x.device)
         x = np.asarray(x)
         dims = self.components.shape[0] if dims is None else dims
         y = (x.astype(np.float64) - self.mean) @ self.components[:dims].T

@@ -1,5 +1,7 @@
-"""Released-layout state_dicts filled by the rule of docs/FACTS.md, "Golden descriptors"."""
+"""Released-layout state_dicts filled by the rules of docs/FACTS.md, "Golden descriptors" (Token: sines) and
+"The baselines" (R-MAC, SOLAR, DELG, NetVLAD, AP-GeM: seeded normals)."""
 
+import functools
 import math
 
 import torch
@@ -7,10 +9,10 @@ import torch
 from tests.conftest import DATA
 
 
-def released_keys(depth):
-    """(key, shape) rows of ``released-token-r{depth}-keys.tsv`` in file order."""
+def released_keys(depth, name="token"):
+    """(key, shape) rows of ``released-{name}-r{depth}-keys.tsv`` in file order."""
     rows = []
-    for line in (DATA / f"released-token-r{depth}-keys.tsv").read_text().splitlines()[1:]:
+    for line in (DATA / f"released-{name}-r{depth}-keys.tsv").read_text().splitlines()[1:]:
         key, shape, _ = line.split("\t")
         rows.append((key, () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))))
     return rows
@@ -57,3 +59,42 @@ def golden_inputs(shapes):
         s = torch.sin(0.001 * torch.arange(n, dtype=torch.float64) * 7.0).reshape(shape)
         out.append((s.float() * 2.0).double())
     return out
+
+
+@functools.cache
+def _baseline_fill(t, kind, shape):
+    """``kind``: the key's suffix that picks its formula, or ``ndim`` for any other tensor of 2+ dims."""
+    if kind == "num_batches_tracked":
+        return torch.zeros(shape, dtype=torch.int64)
+    u = torch.randn(shape, generator=torch.Generator().manual_seed(1000 + t), dtype=torch.float64)
+    if kind == ".p":
+        v = 3 + 0.1 * u
+    elif kind == "running_var":
+        v = 2 + 0.25 * u**2
+    elif kind == "running_mean":
+        v = 0.01 * u
+    elif kind == "ndim":
+        v = u * math.sqrt(2 / math.prod(shape[1:]))
+    elif kind == "weight":
+        v = 1 + 0.1 * u
+    else:
+        v = 0.01 * u
+    return v.float()
+
+
+def baseline_value(t, key, shape):
+    """The baselines' rule: u ~ N(0, 1) from a generator seeded 1000 + t, shaped by the key's kind. The five
+    baselines share their trunk's keys and positions, so values are cached (and handed out as copies)."""
+    suffixes = ("num_batches_tracked", ".p", "running_var", "running_mean")
+    kind = next((s for s in suffixes if key.endswith(s)), "ndim" if len(shape) >= 2 else key.rsplit(".", 1)[-1])
+    return _baseline_fill(t, kind, shape).clone()
+
+
+def baseline_state_dict(name, depth=101):
+    """The golden rule's state_dict of released baseline ``name`` (rmac, solar, delg, netvlad, apgem)."""
+    return {key: baseline_value(t, key, shape) for t, (key, shape) in enumerate(released_keys(depth, name))}
+
+
+def baseline_inputs(shapes):
+    return [torch.randn(tuple(int(s) for s in shape), generator=torch.Generator().manual_seed(7 + i),
+                        dtype=torch.float64) for i, shape in enumerate(shapes)]
