@@ -17,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from networks.checkpoint import LAST
 from training.engine import Diverged
-from training.options import get_args_parser
+from training.options import parse_args
 from training.run import train
 from utils.distributed import cleanup, init_distributed
 from utils.errors import fail_cleanly
@@ -27,7 +27,7 @@ EXIT_DIVERGED = 3
 
 @fail_cleanly
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(argv)
     env = init_distributed(args.device)
     rank = f"[rank {env.rank}] " if env.distributed else ""
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,

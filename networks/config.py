@@ -195,6 +195,11 @@ class NetVLADConfig(ModelConfig):
         if not (0 <= self.dropout < 1 and 0 <= self.drop_path < 1):
             raise ValueError("dropout and drop_path must lie in [0, 1)")
 
+    @property
+    def out_dim(self):
+        """The descriptor size, d (every config has ``out_dim``)."""
+        return self.dim
+
 
 @dataclass(frozen=True)
 class APGeMConfig(ModelConfig):

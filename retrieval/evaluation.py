@@ -30,7 +30,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
-from networks import load_token
+from networks import load_model as load_network
 from retrieval.extract import MAX_SCALE, SCALES, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
@@ -43,7 +43,7 @@ from utils.errors import InputError
 class EvalSettings:
     """What to evaluate and how: one field per test.py flag, of the same name and default."""
 
-    checkpoint: str  # a Token checkpoint: the authors' R50/R101-Token.pth or one written by train.py
+    checkpoint: str  # a model file networks.load_model reads: released (Token, baselines) or written by train.py
     data_root: str  # the folder holding test/<dataset>/gnd_<dataset>.pkl and test/<dataset>/jpg/
     datasets: list = field(default_factory=lambda: ["roxford5k", "rparis6k"])
     r1m: bool = False  # also evaluate each dataset with the R1M distractors added to its database
@@ -77,7 +77,8 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data and model")
     data.add_argument("--checkpoint", required=True,
-                      help="Token checkpoint: the authors' R50/R101-Token.pth or one written by train.py")
+                      help="model file: a Token or a Table 1 baseline, released (R101-Token.pth, R101-RMAC.pth, ...) "
+                           "or written by train.py")
     data.add_argument("--data-root", required=True,
                       help="folder holding test/<dataset>/gnd_<dataset>.pkl and test/<dataset>/jpg/ "
                            "(python -m datasets.download revisitop builds it)")
@@ -189,8 +190,9 @@ def load_test_sets(settings):
 
 
 def load_model(settings, env):
-    """The checkpoint's Token, ready for extraction on ``env.device``."""
-    model = prepare_model(load_token(settings.checkpoint), env.device)
+    """The checkpoint's model (Token or a Table 1 baseline, ``networks.load_model``), ready for extraction on
+    ``env.device``."""
+    model = prepare_model(load_network(settings.checkpoint), env.device)
     dim = model.config.out_dim
     if settings.pq is not None and dim % settings.pq:
         raise InputError(f"--pq {settings.pq} must divide the descriptor size {dim}")
