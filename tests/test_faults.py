@@ -36,6 +36,28 @@ Rows already tested elsewhere are only listed here, with the test that covers th
 * one DDP rank dies: added (torchrun's agent stops the others).
 * disk full: added (features, shards, checkpoints; through train.py).
 * NaN / inf loss: ``test_train.test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint``.
+
+Issue #15 (the defects an outside probe found), each with the real fault:
+
+* 1, a full disk inside ``torch.save`` (a 10 MiB tmpfs as train.py's --output-dir):
+  ``test_a_real_full_disk_inside_torch_save_is_one_line_and_leaves_no_temporary_file``; in-process:
+  ``test_disk_full_while_saving_a_checkpoint``.
+* 2, read-only output (a read-only bind mount; the writer's clean-up, test.py, visualize curves):
+  ``test_a_read_only_folder_is_named_before_any_work``; a file where a folder is expected (train.py, test.py,
+  demo.py, the synthetic world): ``test_a_file_where_a_folder_is_expected_is_named_by_its_flag``.
+* 7 and 18, flags out of range: ``test_bad_training_flags_exit_2_naming_the_flag_before_any_work``;
+  demo.py: ``test_demo.test_bad_training_settings_stop_the_demo_before_any_work``.
+* 8, --resume on data with another class count:
+  ``test_train.test_resume_on_data_with_another_number_of_landmarks_names_both_counts``.
+* 11, every training image unreadable:
+  ``test_every_training_image_unreadable_stops_after_the_first_epoch_without_a_checkpoint``; an empty val split:
+  ``test_train.test_an_empty_val_split_is_said_once_its_metrics_are_nan_and_no_best_is_kept``.
+* 14, a killed writer's temporary file (a real SIGKILL):
+  ``test_a_killed_writers_temporary_file_is_removed_by_the_next_write_a_live_ones_is_kept``.
+* 15, a mid-epoch resume's train_loss: ``test_train.test_resumed_run_ends_where_the_uninterrupted_run_ends``.
+* 16, visualize: ``test_visualize.test_curves_figure_names_the_file_it_wrote``,
+  ``test_curves_of_a_csv_without_the_columns_or_rows_is_a_clear_error``,
+  ``test_retrievals_of_queries_that_do_not_exist_or_a_zero_width_is_a_clear_error``.
 """
 
 import errno

@@ -3,7 +3,8 @@ checkpoints, metrics.csv and training curves. train.py and demo.py call ``train`
 
 Every epoch: train, then the val split's ArcFace loss (with the margin, as trained) and top-1/top-5 error of the
 plain cosine logits (no margin: the class a retrieval descriptor is nearest to); a row in metrics.csv, the plot
-training_curves.png, last.pth, and best.pth when the val top-1 error is the lowest so far.
+training_curves.png, last.pth, and best.pth when the val top-1 error is the lowest so far (never with an empty
+val split, whose metrics are nan). An epoch in which no training image was readable stops the run (InputError).
 """
 
 import logging
