@@ -273,6 +273,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, caplog):
     assert "skipping an unreadable image" in caplog.text
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # step 1 skipped: no optimizer step
 def test_batches_without_two_readable_images_are_skipped(tmp_path, caplog):
     root = small_set(tmp_path / "gldv2")
     split = load_gldv2(root)
