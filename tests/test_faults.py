@@ -629,7 +629,9 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_a_live_one
 @pytest.mark.parametrize("flags", [["--update-every", "0"], ["--update-every", "-2"], ["--workers", "-1"],
                                    ["--crop-scale", "1", "0.2"], ["--crop-scale", "0", "0.5"],
                                    ["--crop-scale", "0.5", "1.5"], ["--lr", "nan"], ["--lr", "inf"], ["--lr", "0"],
-                                   ["--lr", "-1"], ["--epochs", "0"], ["--clip-grad", "nan"]])
+                                   ["--lr", "-1"], ["--epochs", "0"], ["--clip-grad", "nan"],
+                                   ["--val-fraction", "1"], ["--color-jitter", "0.4", "0.4", "0.2", "0.9"],
+                                   ["--jitter-p", "2"]])
 def test_bad_training_flags_exit_2_naming_the_flag_before_any_work(tmp_path, capsys, flags):
     with pytest.raises(SystemExit) as stop:
         run(tmp_path / "no-data", tmp_path / "run", *flags)  # flags are checked before the data root is read

@@ -2,6 +2,7 @@
 (docs/FACTS.md, "Training recipe")."""
 
 import argparse
+import math
 import os
 
 from networks.config import TokenConfig
@@ -110,11 +111,13 @@ def check_args(args, env):
     if args.clip_grad is not None:
         checks.positive_float("--clip-grad", args.clip_grad)
     checks.ordered_pair("--crop-scale", args.crop_scale, 0, 1)
-    for value in args.color_jitter:
-        checks.non_negative_float("--color-jitter", value)
-    if args.color_jitter[3] > 0.5:
-        raise InputError(f"--color-jitter: the hue H {args.color_jitter[3]} must be at most 0.5")
+    jitter = args.color_jitter
+    if not (all(math.isfinite(v) and v >= 0 for v in jitter) and jitter[3] <= 0.5):
+        raise InputError(f"--color-jitter {' '.join(map(str, jitter))}: expected B C S H, finite and at least 0, "
+                         "the hue H at most 0.5")
     checks.unit_interval("--jitter-p", args.jitter_p)
+    if not 0 < args.val_fraction < 1:
+        raise InputError(f"--val-fraction {args.val_fraction}: expected a number strictly between 0 and 1")
     share = env.world_size * args.update_every
     if args.batch_size % share or args.batch_size < MIN_BATCH * share:
         raise InputError(f"--batch-size {args.batch_size} must be a multiple of {share} (processes x --update-every) "
