@@ -40,6 +40,7 @@ from training.run import train
 from utils.distributed import DistEnv
 from utils.errors import InputError, fail_cleanly
 from utils.metrics import plot_training_curves
+from utils.paths import writable_folder
 
 # table row -> (folder under --run-dir, aggregation of the trained model; None: the untrained Token)
 MODELS = {"untrained Token": ("untrained", None), "trained Token": ("token", "tokens"),
@@ -158,6 +159,10 @@ def main(argv=None):
     for name, (_, aggregation) in MODELS.items():  # bad settings stop here, before minutes of work
         if aggregation:
             training_args(recipe, name)
+    writable_folder(recipe.data_root, "--data-root")
+    writable_folder(recipe.run_dir, "--run-dir")
+    if args.figures_dir:
+        writable_folder(args.figures_dir, "--figures-dir")
     start = time.time()
     ensure_generated(recipe.data_root, seed=recipe.seed, **recipe.world)
     rows, written = run_models(recipe, args.jobs)

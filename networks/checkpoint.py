@@ -191,11 +191,15 @@ def model_state(model):
     return {"state_dict": model.state_dict(), "model_config": model.config.to_dict()}
 
 
-def training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err):
-    """train.py's ``last.pth`` / ``best.pth``: ``model_state`` plus what resuming needs (``TRAINING_KEYS``)."""
+def training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err,
+                   epoch_totals=None):
+    """train.py's ``last.pth`` / ``best.pth``: ``model_state`` plus what resuming needs (``TRAINING_KEYS``).
+
+    ``epoch_totals`` (saved mid-epoch: the epoch's loss sum, image counts and seconds so far) lets the resumed
+    epoch's metrics cover the whole epoch; files without it (older, or saved at an epoch end) start from zero."""
     return {**model_state(model), "epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "args": vars(args), "best_top1_err": best_top1_err}
+            "args": vars(args), "best_top1_err": best_top1_err, "epoch_totals": epoch_totals or {}}
 
 
 def load_training_state(path):

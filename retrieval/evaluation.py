@@ -37,6 +37,7 @@ from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
+from utils.paths import writable_folder
 
 
 @dataclass
@@ -153,6 +154,8 @@ def check_settings(settings, env):
     if env.distributed and s.output_dir is None:
         raise InputError("under torchrun, --output-dir is required: the processes exchange features through it "
                          "(a folder every process sees)")
+    if s.output_dir is not None:
+        writable_folder(s.output_dir, "--output-dir")
 
 
 @contextlib.contextmanager

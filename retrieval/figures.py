@@ -50,8 +50,9 @@ def relevance(gnd_query, index):
     return "junk" if index in gnd_query["junk"] else "negative"
 
 
-def plot_retrievals(data_root, dataset, features_dir, out, queries=(0, 1, 2, 3), topk=8, width=1200):
-    """Top-``topk`` database images for each of ``queries``, framed by their relevance; the PNG written."""
+def plot_retrievals(data_root, dataset, features_dir, out, queries=None, topk=8, width=1200):
+    """Top-``topk`` database images for each of ``queries`` (indices; default: the first four), framed by their
+    relevance; the PNG written."""
     ds = load_revisitop(data_root, dataset)
     features_dir = Path(features_dir)
     db = np.load(require_path(features_dir / f"{dataset}_db.npy", "database descriptors written by test.py"))
@@ -59,7 +60,11 @@ def plot_retrievals(data_root, dataset, features_dir, out, queries=(0, 1, 2, 3),
     if len(db) < len(ds.imlist) or len(qv) != len(ds.qimlist):
         raise InputError(f"{features_dir}: {len(db)} database / {len(qv)} query descriptors for {dataset}'s "
                          f"{len(ds.imlist)} / {len(ds.qimlist)} images")
-    queries = [q for q in queries if q < len(ds.qimlist)]
+    queries = list(range(min(4, len(ds.qimlist)))) if queries is None else list(queries)
+    outside = [q for q in queries if not 0 <= q < len(ds.qimlist)]
+    if outside:
+        raise InputError(f"--queries {' '.join(map(str, outside))}: {dataset} has {len(ds.qimlist)} "
+                         f"queries, numbered 0 to {len(ds.qimlist) - 1}")
     scores = db[: len(ds.imlist)] @ qv[queries].T
     fig, axes = _figure(len(queries), topk + 1, width)
     db_paths, q_paths = ds.db_paths(), ds.query_paths()
