@@ -65,7 +65,8 @@ Issue #15 (the defects an outside probe found), each with the real fault:
   ``test_train.test_an_empty_val_split_is_said_once_its_metrics_are_nan_and_no_best_is_kept``.
 * 12, checkpoints that cannot be used (unknown setting, ``heads 7``, ``resnet999``, integer keys, a ``.npy``):
   ``test_baselines.test_a_model_config_that_cannot_be_used_is_refused_naming_the_file``,
-  ``test_heads_that_do_not_divide_dim_are_refused``, ``test_integer_keys_numpy_files_and_other_files_are_told_what_they_are``.
+  ``test_heads_that_do_not_divide_dim_are_refused``,
+  ``test_integer_keys_numpy_files_and_other_files_are_told_what_they_are``.
 * 13, Ctrl-C during extraction with loader workers: ``test_test.test_ctrl_c_during_extraction_with_loader_workers_
   stops_the_run`` (real SIGINTs to real test.py runs), ``test_interrupts``.
 * 14, a killed writer's temporary file (a real SIGKILL):
