@@ -259,8 +259,7 @@ def one_rank_train(argv):
                             device_id=device if cuda else None)
     try:
         train(args, OneRankGroup(0, 1, device))
-        print(f"one-rank group: backend {dist.get_backend()}, SyncBatchNorm used: "
-              f"{'yes' if cuda else 'no (CPU)'}", flush=True)
+        print(f"one-rank group: backend {dist.get_backend()}", flush=True)
     finally:
         dist.destroy_process_group()
 
@@ -272,6 +271,9 @@ def ddp_stage(seconds, report, flags, run_dir):
            "one_rank_train(sys.argv[1:])", *flags, str(store)]
     code = run_command(cmd, log, seconds)
     if report.check("ddp: exit 0", code == 0, code, 0, tail(log)):
+        found = re.search(r"one-rank group: backend (\w+)", Path(log).read_text())
+        expected = "nccl" if flags[flags.index("--device") + 1] == "cuda" else "gloo"
+        report.check("ddp: backend", found and found.group(1) == expected, found and found.group(1), expected)
         check_epochs(report, "ddp", run_dir, log, epochs=1)
 
 
@@ -433,9 +435,12 @@ def get_args_parser():
 
 
 def print_summary(report):
-    checks = [[c["name"], c["status"], _short(c["value"]), _short(c["expected"])] for c in report.checks]
-    print(table(["check", "status", "value", "expected"], checks))
-    print(table(["timing", "value", "unit"], [[t["name"], f"{t['value']:.2f}", t["unit"]] for t in report.timings]))
+    if report.checks:
+        print(table(["check", "status", "value", "expected"],
+                    [[c["name"], c["status"], _short(c["value"]), _short(c["expected"])] for c in report.checks]))
+    if report.timings:
+        print(table(["timing", "value", "unit"],
+                    [[t["name"], f"{t['value']:.2f}", t["unit"]] for t in report.timings]))
 
 
 def _short(value):
@@ -458,7 +463,7 @@ def main(argv=None):
     report = Report(args.budget_s)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
-        work = Path(args.work_dir or tmp)
+        work = Path(args.work_dir or tmp).resolve()  # the subprocesses run in the repository root
         work.mkdir(parents=True, exist_ok=True)
         world = report.run_stage("world", profile.stage_s["world"], make_world, work / "world", profile, workers)
         checkpoints = {}
@@ -467,9 +472,9 @@ def main(argv=None):
             flags = train_flags(world, run_dir, profile, amp, args.device, workers) if world else None
             steps = report.run_stage(f"train-{amp}", profile.stage_s["train"], _needs(world, train_stage), report,
                                      flags, run_dir, f"train --amp {amp}")
+            report.run_stage(f"resume-{amp}", profile.stage_s["train"], _needs(steps, resume_stage), report, flags,
+                             run_dir, f"resume --amp {amp}", steps)
             if steps:
-                report.run_stage(f"resume-{amp}", profile.stage_s["train"], resume_stage, report, flags, run_dir,
-                                 f"resume --amp {amp}", steps)
                 checkpoints[amp] = run_dir / "last.pth"
         ddp_flags = train_flags(world, work / "ddp", profile, profile.amps[-1], args.device, workers) if world else None
         report.run_stage("ddp", profile.stage_s["ddp"], _needs(world, ddp_stage), report, ddp_flags, work / "ddp")
