@@ -110,9 +110,10 @@ class Report:
         start = time.monotonic()
         entry = {"name": name, "status": "done", "detail": ""}
         try:
-            if self.left() < 1:
+            room = self.left() - KILL_GRACE_S  # what stopping a late stage's processes may still take
+            if room < 1:
                 raise OutOfTime("out of time (not started)")
-            return fn(min(cap_s, self.left()), *args)
+            return fn(min(cap_s, room), *args)
         except OutOfTime as err:
             entry.update(status="skipped", detail=f"skipped: {err}")
         except Exception as err:  # noqa: BLE001 (a broken stage is a failed check; the other stages still run)
@@ -457,7 +458,7 @@ def main(argv=None):
               "runs every stage on the CPU)")
         return 0
     if args.device == "cpu" and not args.smoke:
-        sys.exit("error: --device cpu runs only with --smoke (the GPU sizes would take hours on a CPU)")
+        get_args_parser().error("--device cpu runs only with --smoke (the GPU sizes would take hours on a CPU)")
     profile = SMOKE if args.smoke else GPU
     workers = args.workers if args.workers is not None else (0 if args.smoke else min(8, os.cpu_count() or 1))
     report = Report(args.budget_s)
