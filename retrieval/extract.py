@@ -95,6 +95,15 @@ def _loader_error(err):
     return InputError(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0])
 
 
+def _readable(items, progress):
+    """The ``(image, index)`` items whose image is not None; the others count as done on ``progress``."""
+    for image, index in items:
+        if image is not None:
+            yield image, index
+        elif progress is not None:
+            progress.update(1)
+
+
 @torch.no_grad()
 def extract(model, images, dim, device, scales=SCALES, batch_size=8, workers=4, amp=False, progress=None):
     """Multi-scale descriptors of a dataset of ``(tensor 3 x H x W, index)`` items: float32 (len, dim), rows in
@@ -102,12 +111,13 @@ def extract(model, images, dim, device, scales=SCALES, batch_size=8, workers=4, 
 
     Items are read by ``workers`` loader processes and batched by size (``equal_size_batches``); ``amp`` runs
     the model under float16 autocast (CUDA only). ``model`` must come from ``prepare_model``. ``progress``
-    (a tqdm bar) is advanced by the images done.
+    (a tqdm bar) is advanced by the images done. An item whose tensor is None (an unreadable image of a user's
+    collection, ``datasets.collection``) is skipped: its row is NaN.
     """
-    out = np.empty((len(images), dim), dtype=np.float32)
+    out = np.full((len(images), dim), np.nan, dtype=np.float32)
     loader = DataLoader(images, batch_size=None, shuffle=False, num_workers=workers)
     try:
-        for batch, indices in equal_size_batches(loader, batch_size):
+        for batch, indices in equal_size_batches(_readable(loader, progress), batch_size):
             batch = batch.to(device)
             if device.type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)
