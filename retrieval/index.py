@@ -192,8 +192,8 @@ def add(images, index_dir, env, root=None, **run):
     candidates = list_images(images, root)
     new = [path for path in candidates if path not in indexed]
     if not new:
-        return {"count": len(indexed), "added": 0, "already": len(candidates), "extracted": 0, "skipped": 0,
-                "search": meta["search"], "seconds": 0.0} if env.is_main else None
+        return {"count": meta["count"], "skipped": meta["skipped"], "search": meta["search"], "added": 0,
+                "already": len(candidates), "extracted": 0, "seconds": 0.0} if env.is_main else None
     model = open_model(settings.checkpoint, env.device)
     store = FeatureStore(index_dir / "features", env, settings.progress)
     start = time.perf_counter()
