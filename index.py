@@ -172,7 +172,8 @@ def main(argv=None):
             summary = add(args.images, args.index, env, args.root, **run)
         if env.is_main:
             if args.command == "add":
-                print(f">> {summary['already']} already indexed, {summary['added']} added", flush=True)
+                print(f">> {summary['already']} already indexed or skipped before, {summary['added']} added",
+                      flush=True)
             _speed(summary)
             _say_index(summary, args.index)
         return summary

@@ -189,8 +189,9 @@ def add(images, index_dir, env, root=None, **run):
     settings = stored_settings(meta, **run)
     check_settings(settings)
     indexed = set(_read_lines(index_dir / PATHS))
+    tried = indexed | set(_read_lines(index_dir / SKIPPED))  # skipped files are not read again; build rereads all
     candidates = list_images(images, root)
-    new = [path for path in candidates if path not in indexed]
+    new = [path for path in candidates if path not in tried]
     if not new:
         return {"count": meta["count"], "skipped": meta["skipped"], "search": meta["search"], "added": 0,
                 "already": len(candidates), "extracted": 0, "seconds": 0.0} if env.is_main else None
