@@ -45,7 +45,7 @@ FORMAT = 1
 INDEX_FILE, PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH = (
     "index.json", "paths.txt", "descriptors.npy", "skipped.txt", "whitening.npz", "search.faiss")
 # exact search up to this many images, the compressed index beyond: python -m benchmarks.index (README)
-EXACT_MAX_IMAGES = 100_000
+EXACT_MAX_IMAGES = 50_000
 
 
 @dataclass

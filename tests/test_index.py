@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from retrieval.index import DESCRIPTORS, PATHS, SKIPPED, Index, query
+from benchmarks import index as index_benchmark
+from retrieval.index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, Index, query, search_kind
 from tests.test_test import DB_SIZES, _image, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,3 +260,20 @@ def test_help_explains_every_flag():
     for flag in ("--images", "--root", "--checkpoint", "--index", "--imsize", "--scales", "--amp", "--batch-size",
                  "--workers", "--shard-size", "--whiten", "--whiten-file", "--whiten-power", "--exact", "--compressed"):
         assert flag in done.stdout
+
+
+def test_auto_search_switches_at_the_measured_size():
+    assert search_kind("auto", EXACT_MAX_IMAGES) == "exact"
+    assert search_kind("auto", EXACT_MAX_IMAGES + 1) == "compressed"
+    assert search_kind("exact", 10 * EXACT_MAX_IMAGES) == "exact" and search_kind("compressed", 5) == "compressed"
+
+
+def test_benchmark_quick_measures_both_structures(tmp_path, capsys):
+    report = index_benchmark.main(["--quick", "--dim", "64", "--budget", "0.05", "--out", str(tmp_path / "b.json")])
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert [row["images"] for row in saved["rows"]] == [2000, 8000] and saved["exact_max_images"] == EXACT_MAX_IMAGES
+    for row in saved["rows"]:
+        assert row["exact"]["ms_per_query"] > 0 and row["compressed"]["ms_per_query"] > 0
+        assert 0 < row["compressed"]["recall@10"] <= 1
+    assert report["exact_budget_reached_at"] == saved["exact_budget_reached_at"] > 0
+    assert "exact search reaches 50 ms per query" in capsys.readouterr().out
