@@ -138,12 +138,13 @@ def run_query(args):
             raise InputError(f"query image {image} not found")
     boxes = _boxes(args)
     index = Index(args.index, resolve_device(args.device), args.whiten_file, args.whiten_power)
-    results, search_ms = query(index, args.images, args.topk, boxes)
+    results, ms = query(index, args.images, args.topk, boxes)
     for entry in results:
         print(f"query {entry['query']}")
         for rank, hit in enumerate(entry["results"], 1):
             print(f"{rank:4d}  {hit['score']:.4f}  {hit['path']}")
-    print(f">> search {search_ms:.2f} ms/query over {len(index.paths)} images ({index.meta['search']})")
+    print(f">> descriptor {ms['describe']:.0f} ms/query, search {ms['search']:.2f} ms/query over "
+          f"{len(index.paths)} images ({index.meta['search']})")
     if args.json:
         save_json(args.json, results)
         print(f"wrote {args.json}")

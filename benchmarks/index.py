@@ -33,7 +33,7 @@ NOISE = 0.02  # isotropic standard deviation added in every dimension
 def gaussian(dim, rank=128, seed=0, cosine=0.4):
     """``(mean, factor)`` of a Gaussian whose variance lies in ``rank`` random directions, decreasing, around a
     mean that gives its unit draws a mean pairwise cosine of about ``cosine`` (real descriptors: 0.43, README)."""
-    rank = min(rank, dim)
+    rank = min(rank, dim - 1)
     basis = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, rank + 1)))[0]
     factor = basis[:, 1:] * np.linspace(1, 0.1, rank)
     spread = float((factor ** 2).sum())
