@@ -277,3 +277,17 @@ def test_benchmark_quick_measures_both_structures(tmp_path, capsys):
         assert 0 < row["compressed"]["recall@10"] <= 1
     assert report["exact_budget_reached_at"] == saved["exact_budget_reached_at"] > 0
     assert "exact search reaches 50 ms per query" in capsys.readouterr().out
+
+
+def test_torchrun_two_processes_build_the_index_of_one(collection, built, tmp_path):
+    base, _, checkpoint = collection
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "index.py",
+           "build", "--images", str(base / "photos"), "--checkpoint", str(checkpoint), "--index",
+           str(tmp_path / "index"), "--shard-size", "3", *BUILD]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(f"{IMAGES} images indexed, 2 skipped") == 1  # rank 0 alone writes and reports
+    for name in (PATHS, SKIPPED):
+        assert (tmp_path / "index" / name).read_text() == (built[0] / name).read_text()
+    np.testing.assert_allclose(np.load(tmp_path / "index" / DESCRIPTORS), np.load(built[0] / DESCRIPTORS), atol=1e-5)
