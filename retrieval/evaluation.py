@@ -36,7 +36,7 @@ from retrieval.extract import SCALES, extract, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
-from retrieval.whitening_files import DEFAULT_POWER, check_dim, read_whitening
+from retrieval.whitening_files import DEFAULT_POWER, check_dim, read_whitening, whiten_rows
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
 
@@ -263,8 +263,10 @@ def evaluate_database(settings, env, name, database, queries, gnd, whitening=Non
     With ``whitening``, exact search of the whitened database and queries too (``exact+whiten``)."""
     searches = ((index, qe, queries) for index, qe in indexes(settings, database, env.device))
     if whitening is not None:
-        whitened = ExactIndex([whitening(part, settings.whiten_power) for part in database], label="exact+whiten")
-        searches = itertools.chain(searches, [(whitened, False, whitening(queries, settings.whiten_power))])
+        whitened = ExactIndex([whiten_rows(whitening, part, settings.whiten_power) for part in database],
+                              label="exact+whiten")
+        whitened_queries = whiten_rows(whitening, queries, settings.whiten_power)
+        searches = itertools.chain(searches, [(whitened, False, whitened_queries)])
     runs = {}
     for index, qe, index_queries in searches:
         label = index.label + ("+qe" if qe else "")

@@ -37,7 +37,14 @@ from networks.whitening import PCAWhitening
 from retrieval.extract import SCALES, extract, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
 from retrieval.search import R1M_COMPRESSED, CompressedIndex
-from retrieval.whitening_files import DEFAULT_POWER, check_dim, learned_whitening, read_whitening, save_whitening
+from retrieval.whitening_files import (
+    DEFAULT_POWER,
+    check_dim,
+    learned_whitening,
+    read_whitening,
+    save_whitening,
+    whiten_rows,
+)
 from utils.atomic import atomic_write
 from utils.errors import InputError
 
@@ -254,7 +261,7 @@ def search_structure(vectors, kind):
 
 
 def apply_whitening(whitening, vectors, power):
-    return vectors if whitening is None else np.ascontiguousarray(whitening(vectors, power), dtype=np.float32)
+    return vectors if whitening is None else whiten_rows(whitening, vectors, power)
 
 
 def write_index(index_dir, meta, whitening):

@@ -11,6 +11,7 @@ from utils.atomic import atomic_write
 from utils.errors import InputError
 
 DEFAULT_POWER = 0.25  # deep-image-retrieval's --whitenp default
+BLOCK_ROWS = 65536  # rows whitened at a time (the whitening computes in float64)
 
 
 def save_whitening(path, whitening):
@@ -48,3 +49,12 @@ def check_dim(whitening, dim, source):
     if whitening.dim != dim:
         raise InputError(f"{source}: the whitening takes {whitening.dim}-d descriptors, the model gives {dim}-d")
     return whitening
+
+
+def whiten_rows(whitening, x, power):
+    """``whitening(x, power)`` as float32, over blocks of ``BLOCK_ROWS`` rows so that the float64 temporaries of
+    a million descriptors stay small."""
+    out = np.empty((len(x), whitening.components.shape[0]), dtype=np.float32)
+    for start in range(0, len(x), BLOCK_ROWS):
+        out[start:start + BLOCK_ROWS] = whitening(x[start:start + BLOCK_ROWS], power)
+    return out
