@@ -17,6 +17,9 @@ import torch
 from PIL import Image
 
 from benchmarks import index as index_benchmark
+from datasets.collection import CollectionImages
+from networks import load_token
+from retrieval.extract import extract, prepare_model
 from retrieval.index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, Index, query, search_kind
 from tests.test_test import DB_SIZES, _image, write_checkpoint
 
@@ -291,3 +294,15 @@ def test_torchrun_two_processes_build_the_index_of_one(collection, built, tmp_pa
     for name in (PATHS, SKIPPED):
         assert (tmp_path / "index" / name).read_text() == (built[0] / name).read_text()
     np.testing.assert_allclose(np.load(tmp_path / "index" / DESCRIPTORS), np.load(built[0] / DESCRIPTORS), atol=1e-5)
+
+
+def test_extract_leaves_the_rows_of_unreadable_images_nan(collection):
+    """retrieval.extract: an item without a tensor (CollectionImages' unreadable file) is a NaN row, the others
+    are the descriptors they get alone."""
+    base, images, checkpoint = collection
+    model = prepare_model(load_token(checkpoint), torch.device("cpu"))
+    paths = [images[0], str(base / "photos" / "notes.txt"), images[1]]
+    rows = extract(model, CollectionImages(paths, 64), 32, torch.device("cpu"), batch_size=2, workers=0)
+    alone = extract(model, CollectionImages([images[1]], 64), 32, torch.device("cpu"), workers=0)
+    assert np.isnan(rows[1]).all() and not np.isnan(rows[[0, 2]]).any()
+    np.testing.assert_allclose(rows[2], alone[0], atol=1e-5)
