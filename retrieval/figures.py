@@ -2,7 +2,8 @@
 
 ``plot_retrievals`` reads the descriptors test.py wrote (``<dataset>_db.npy``, ``<dataset>_query.npy``) and
 draws, per query, the query with its box and the top-k database images framed green (easy or hard positive), red
-(negative) or grey (junk), as in the paper's qualitative figure. ``plot_attention`` overlays each token's spatial
+(negative) or grey (junk), as in the paper's qualitative figure; ``plot_search_results`` draws the answers of
+``index.py query`` the same way, without ground truth. ``plot_attention`` overlays each token's spatial
 attention (paper, Fig. 3a): the tokenizer's assignment and the last refinement block's cross-attention.
 Figure sizes are fixed by ``width`` (pixels) so every PNG has a known size. The command line is visualize.py;
 the training curves are ``utils.metrics.plot_training_curves``.
@@ -23,6 +24,7 @@ from utils.errors import InputError, require_path
 
 DPI = 100
 FRAME = {"positive": "#1a9850", "negative": "#d73027", "junk": "#999999"}
+QUERY_FRAME, RESULT_FRAME = "#1f78b4", "#dddddd"  # a search of one's own images has no ground truth
 
 
 def _save(fig, out):
@@ -75,16 +77,37 @@ def plot_retrievals(data_root, dataset, features_dir, out, queries=None, topk=8,
         axes[row, 0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", linewidth=2))
         axes[row, 0].set_title(f"query {q}", fontsize=8)
         for col, index in enumerate(np.argsort(-scores[:, row], kind="stable")[:topk], start=1):
-            kind = relevance(ds.gnd[q], index)
-            ax = axes[row, col]
-            ax.imshow(load_rgb(db_paths[index]))
-            ax.set_axis_on()
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_color(FRAME[kind])
-                spine.set_linewidth(4)
-            ax.set_title(f"{col}: {scores[index, row]:.2f}", fontsize=7)
+            _framed(axes[row, col], load_rgb(db_paths[index]), FRAME[relevance(ds.gnd[q], index)],
+                    f"{col}: {scores[index, row]:.2f}")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _framed(ax, image, color, title):
+    """``image`` in ``ax`` inside a frame of ``color``, titled."""
+    ax.imshow(image)
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color(color)
+        spine.set_linewidth(4)
+    ax.set_title(title, fontsize=7)
+
+
+def plot_search_results(results, out, boxes=None, width=1200):
+    """A contact sheet of ``index.py query``'s ``results`` (``[{"query", "results": [{"path", "score"}]}]``):
+    per row the query, framed (its box drawn when ``boxes`` gives one), then its results with rank and score;
+    the PNG written."""
+    cols = 1 + max(len(entry["results"]) for entry in results)
+    fig, axes = _figure(len(results), cols, width)
+    for row, entry in enumerate(results):
+        _framed(axes[row, 0], load_rgb(entry["query"]), QUERY_FRAME, f"query: {Path(entry['query']).name}")
+        if boxes is not None and boxes[row] is not None:
+            x0, y0, x1, y1 = boxes[row]
+            axes[row, 0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", linewidth=2))
+        for col, hit in enumerate(entry["results"], start=1):
+            _framed(axes[row, col], load_rgb(hit["path"]), RESULT_FRAME, f"{col}: {hit['score']:.3f}")
     fig.tight_layout()
     return _save(fig, out)
 
