@@ -40,6 +40,7 @@ from training.run import train
 from utils.distributed import DistEnv
 from utils.errors import InputError, fail_cleanly
 from utils.metrics import plot_training_curves
+from utils.paths import writable_folder
 
 # --models name (also its folder under --run-dir) -> its row of the table, in the table's order
 ROWS = {"untrained": "untrained Token", "token": "trained Token", "gem": "trained GeM baseline",
@@ -160,6 +161,10 @@ def main(argv=None):
     for name in args.models:  # bad settings stop here, before minutes of work
         if name != "untrained":
             training_args(recipe, name)
+    writable_folder(recipe.data_root, "--data-root")
+    writable_folder(recipe.run_dir, "--run-dir")
+    if args.figures_dir:
+        writable_folder(args.figures_dir, "--figures-dir")
     start = time.time()
     ensure_generated(recipe.data_root, seed=recipe.seed, **recipe.world)
     rows, written = run_models(recipe, args.models, args.jobs)

@@ -16,8 +16,10 @@ import argparse
 
 from networks import load_token
 from retrieval.figures import plot_attention, plot_retrievals
+from utils import checks
 from utils.errors import fail_cleanly, require_path
 from utils.metrics import plot_training_curves
+from utils.paths import writable_file
 
 
 def parse_args(argv=None):
@@ -30,7 +32,8 @@ def parse_args(argv=None):
     ret.add_argument("--data-root", required=True, help="folder holding test/<dataset>/ (revisitop layout)")
     ret.add_argument("--dataset", required=True, help="test set name, e.g. roxford5k or synthetic")
     ret.add_argument("--features", required=True, help="features folder written by test.py --output-dir")
-    ret.add_argument("--queries", type=int, nargs="+", default=[0, 1, 2, 3], help="query indices to show")
+    ret.add_argument("--queries", type=int, nargs="+", default=None,
+                     help="query indices to show, from 0 (default: the first four)")
     ret.add_argument("--topk", type=int, default=8, help="retrieved images shown per query")
     ret.add_argument("--out", required=True, help="PNG to write")
     ret.add_argument("--width", type=int, default=1200, help="figure width in pixels")
@@ -43,9 +46,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def check_args(args):
+    """The numeric flags and the output file, before any work."""
+    writable_file(args.out, "--out")
+    if args.figure != "curves":
+        checks.positive_int("--width", args.width)
+    if args.figure == "retrievals":
+        checks.positive_int("--topk", args.topk)
+        for query in args.queries or []:
+            checks.non_negative_int("--queries", query)
+    if args.figure == "attention":
+        checks.positive_int("--imsize", args.imsize)
+
+
 @fail_cleanly
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
     if args.figure == "curves":
         out = plot_training_curves(require_path(args.metrics, "metrics.csv written by train.py"), args.out)
     elif args.figure == "retrievals":

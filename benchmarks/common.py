@@ -9,7 +9,6 @@ import statistics
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
@@ -35,6 +34,8 @@ def _openblas_setter():
 
 def set_threads(n):
     """Run torch, faiss and numpy's BLAS on ``n`` threads (numpy: when its OpenBLAS can be reached)."""
+    import faiss
+
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
     setter = _openblas_setter()
@@ -43,7 +44,12 @@ def set_threads(n):
 
 
 def machine():
-    """The machine and library versions, for the JSON report."""
+    """The machine and library versions, for the JSON report (faiss: None where it is not installed, as on the GPU
+    machines that run ``benchmarks.gpu_check``)."""
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -51,7 +57,7 @@ def machine():
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__, "faiss": faiss.__version__,
+            "numpy": np.__version__, "torch": torch.__version__, "faiss": faiss and faiss.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

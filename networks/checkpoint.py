@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from networks import released
+from networks import released, zoo
 from networks.config import TokenConfig, config_from_dict
 from networks.models import build_model
 from utils.atomic import atomic_write, write_error
@@ -155,13 +155,15 @@ def _build_and_load(config, state, original, path):
     return model.eval()
 
 
-def load_model(path):
+def load_model(path, models_dir=zoo.MODELS_DIR):
     """The model that ``path`` holds, with its weights, in eval mode: any released file of the Token repository
     (Token, R-MAC, SOLAR, DELG, NetVLAD), a deep-image-retrieval ``.pt`` (AP-GeM and its siblings; its PCA
-    whitenings in ``model.whitening``, a dict name -> ``PCAWhitening``) or a checkpoint of ours.
+    whitenings in ``model.whitening``, a dict name -> ``PCAWhitening``) or a checkpoint of ours. ``path`` may
+    also be a released model's name (``networks.zoo``, e.g. ``R101-SOLAR``), looked up in ``models_dir``.
 
     The ArcFace classifier is loaded when the file has one (``model.arcface``), else left out.
     """
+    path = zoo.resolve(path, models_dir)
     state, settings, original, extras = read_checkpoint(path)
     model = _build_and_load(config_of(settings, path), state, original, path)
     for name, value in extras.items():
@@ -169,8 +171,9 @@ def load_model(path):
     return model
 
 
-def load_token(path):
+def load_token(path, models_dir=zoo.MODELS_DIR):
     """``load_model`` for a file that must hold a Token: anything else is an ``InputError`` saying so."""
+    path = zoo.resolve(path, models_dir)
     state, settings, original = _read_token(path)
     return _build_and_load(config_of(settings, path, TokenConfig), state, original, path)
 
@@ -191,11 +194,15 @@ def model_state(model):
     return {"state_dict": model.state_dict(), "model_config": model.config.to_dict()}
 
 
-def training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err):
-    """train.py's ``last.pth`` / ``best.pth``: ``model_state`` plus what resuming needs (``TRAINING_KEYS``)."""
+def training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err,
+                   epoch_totals=None):
+    """train.py's ``last.pth`` / ``best.pth``: ``model_state`` plus what resuming needs (``TRAINING_KEYS``).
+
+    ``epoch_totals`` (saved mid-epoch: the epoch's loss sum, image counts and seconds so far) lets the resumed
+    epoch's metrics cover the whole epoch; files without it (older, or saved at an epoch end) start from zero."""
     return {**model_state(model), "epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "args": vars(args), "best_top1_err": best_top1_err}
+            "args": vars(args), "best_top1_err": best_top1_err, "epoch_totals": epoch_totals or {}}
 
 
 def load_training_state(path):

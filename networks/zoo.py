@@ -12,6 +12,7 @@ from pathlib import Path
 from utils.errors import InputError
 
 DRIVE_VIEW = "https://drive.google.com/file/d/{}/view"
+MODELS_DIR = "models"  # where downloads go and names are looked up, unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def release(name):
     return RELEASED[name]
 
 
-def resolve(name_or_path, models_dir):
+def resolve(name_or_path, models_dir=MODELS_DIR):
     """The checkpoint file for ``name_or_path``: an existing path as is, a released name as ``models_dir/<file>``.
 
     Raises ``InputError``: for a released file not yet downloaded, naming the file expected, its Drive page and

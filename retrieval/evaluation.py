@@ -22,6 +22,7 @@ The report is the dict that test.py writes to ``results.json``. Bad input raises
 
 import argparse
 import contextlib
+import itertools
 import math
 import os
 import tempfile
@@ -31,12 +32,15 @@ from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
 from networks import load_model as load_network
+from retrieval import report as html_report
 from retrieval.extract import MAX_SCALE, SCALES, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
+from retrieval.whitening_files import DEFAULT_POWER, check_dim, read_whitening, whiten_rows
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
+from utils.paths import writable_folder
 
 
 @dataclass
@@ -61,9 +65,12 @@ class EvalSettings:
     dba: bool = False
     alpha: float = ALPHA
     top_n: int = TOP_N
+    whiten_file: str | None = None  # a W.npz: also report exact search of whitened descriptors
+    whiten_power: float = DEFAULT_POWER
     output_dir: str | None = None  # None: a temporary folder, deleted at the end, and no results.json
     shard_size: int = SHARD_SIZE
     progress: bool = True  # progress bars of the extraction
+    report: str | None = None  # an HTML page of the evaluation
 
 
 def get_args_parser():
@@ -116,6 +123,11 @@ def get_args_parser():
                              "too")
     search.add_argument("--alpha", type=float, default=default["alpha"], help="alpha of alpha-QE and DBA")
     search.add_argument("--top-n", type=int, default=default["top_n"], help="neighbours that alpha-QE and DBA add")
+    search.add_argument("--whiten-file", default=default["whiten_file"], metavar="W.npz",
+                        help="also report exact search of descriptors whitened with this PCA whitening (python "
+                             "index.py whiten learns one), as a row of its own: exact+whiten")
+    search.add_argument("--whiten-power", type=float, default=default["whiten_power"], metavar="P",
+                        help="power of --whiten-file: 0.5 full whitening, 0 a plain PCA projection")
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default=default["output_dir"],
                         help="keep features/ (reused by a rerun with the same checkpoint and settings, resumed "
@@ -126,6 +138,9 @@ def get_args_parser():
                              "resumes from")
     output.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bars (for log files); the one-line reports stay")
+    output.add_argument("--report", default=default["report"], metavar="FILE.html",
+                        help="also write one self-contained HTML page: the mAP table, then every query by its "
+                             "Medium AP, worst first, with its top 10 framed by relevance")
     return parser
 
 
@@ -154,6 +169,8 @@ def check_settings(settings, env):
     if env.distributed and s.output_dir is None:
         raise InputError("under torchrun, --output-dir is required: the processes exchange features through it "
                          "(a folder every process sees)")
+    if s.output_dir is not None:
+        writable_folder(s.output_dir, "--output-dir")
 
 
 @contextlib.contextmanager
@@ -272,12 +289,19 @@ def binary_size(n):
     return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.2f} MiB"
 
 
-def evaluate_database(settings, env, name, database, queries, gnd):
-    """Every requested search of ``database`` (a list of arrays), reported as it is done; their summaries."""
+def evaluate_database(settings, env, name, database, queries, gnd, whitening=None):
+    """Every requested search of ``database`` (a list of arrays), reported as it is done; their summaries.
+    With ``whitening``, exact search of the whitened database and queries too (``exact+whiten``)."""
+    searches = ((index, qe, queries) for index, qe in indexes(settings, database, env.device))
+    if whitening is not None:
+        whitened = ExactIndex([whiten_rows(whitening, part, settings.whiten_power) for part in database],
+                              label="exact+whiten")
+        whitened_queries = whiten_rows(whitening, queries, settings.whiten_power)
+        searches = itertools.chain(searches, [(whitened, False, whitened_queries)])
     runs = {}
-    for index, qe in indexes(settings, database, env.device):
+    for index, qe, index_queries in searches:
         label = index.label + ("+qe" if qe else "")
-        results, search_ms = search_and_measure(index, queries, gnd, qe, settings)
+        results, search_ms = search_and_measure(index, index_queries, gnd, qe, settings)
         print(format_results(name if label == "exact" else f"{name} [{label}]", results))
         print(f">> search {search_ms:.2f} ms/query, database {binary_size(index.memory_bytes)} "
               f"({index.bytes_per_image} B/image)", flush=True)
@@ -290,7 +314,10 @@ def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
     to ``output_dir`` after each test set when ``settings.output_dir`` is set). Features are kept under
     ``output_dir/features``. Under torchrun every rank extracts its share; rank 0 alone searches and reports
     (the other ranks return a report without datasets)."""
+    whitening = None if settings.whiten_file is None else check_dim(
+        read_whitening(settings.whiten_file), model.config.out_dim, f"--whiten-file {settings.whiten_file}")
     store = FeatureStore(output_dir / "features", env, settings.progress)
+    sections = []
     report = {"checkpoint": str(settings.checkpoint), "model_config": model.config.to_dict(), "imsize": settings.imsize,
               "scales": settings.scales, "amp": settings.amp, "device": str(env.device),
               "processes": env.world_size, "datasets": {}}
@@ -305,11 +332,16 @@ def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
         if distractors is not None:
             databases[f"{dataset.name}+1M"] = ([db, r1m], {"query": query_ms, "db": db_ms, R1M: r1m_ms})
         for name, (database, extraction_ms) in databases.items():
-            runs = evaluate_database(settings, env, name, database, queries, dataset.gnd)
+            runs = evaluate_database(settings, env, name, database, queries, dataset.gnd, whitening)
             report["datasets"][name] = {"images": {"db": sum(map(len, database)), "query": len(queries)},
                                         "extraction_ms_per_image": extraction_ms, "runs": runs}
+            if settings.report is not None:
+                db_paths = dataset.db_paths() + (distractors.db_paths() if len(database) > 1 else [])
+                sections.append(html_report.query_section(name, dataset, db_paths, queries, database))
         if settings.output_dir is not None:
             save_json(output_dir / "results.json", report)
+        if settings.report is not None:
+            print(f"wrote {html_report.write_report(settings.report, report, sections)}", flush=True)
     return report
 
 

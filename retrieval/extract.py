@@ -98,6 +98,15 @@ def _loader_error(err):
     return InputError(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0])
 
 
+def _readable(items, progress):
+    """The ``(image, index)`` items whose image is not None; the others count as done on ``progress``."""
+    for image, index in items:
+        if image is not None:
+            yield image, index
+        elif progress is not None:
+            progress.update(1)
+
+
 def extract_spans(model, images, spans, dim, device, scales=SCALES, batch_size=8, workers=4, amp=False,
                   progress=None):
     """Multi-scale descriptors of the images of each ``(start, stop)`` span of a dataset of ``(tensor 3 x H x W,
@@ -105,7 +114,9 @@ def extract_spans(model, images, spans, dim, device, scales=SCALES, batch_size=8
 
     One loader (``workers`` processes, started once) reads the images of every span; they are batched by size
     (``equal_size_batches``) within a span. ``amp`` runs the model under float16 autocast (CUDA only).
-    ``model`` must come from ``prepare_model``. ``progress`` (a tqdm bar) is advanced by the images done.
+    ``model`` must come from ``prepare_model``. ``progress`` (a tqdm bar) is advanced by the images done. An item
+    whose tensor is None (an unreadable image of a user's collection, ``datasets.collection``) is skipped: its row
+    is NaN.
     """
     loader = DataLoader(Subset(images, [i for start, stop in spans for i in range(start, stop)]), batch_size=None,
                         shuffle=False, num_workers=workers)
@@ -125,8 +136,8 @@ def extract_spans(model, images, spans, dim, device, scales=SCALES, batch_size=8
 @torch.no_grad()
 def _descriptors(model, items, start, count, dim, device, scales, batch_size, amp, progress):
     """Rows ``start .. start + count`` of the descriptors, from the ``(image, index)`` items of those rows."""
-    out = np.empty((count, dim), dtype=np.float32)
-    for batch, indices in equal_size_batches(items, batch_size):
+    out = np.full((count, dim), np.nan, dtype=np.float32)
+    for batch, indices in equal_size_batches(_readable(items, progress), batch_size):
         batch = batch.to(device)
         if device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)

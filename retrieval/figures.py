@@ -2,7 +2,8 @@
 
 ``plot_retrievals`` reads the descriptors test.py wrote (``<dataset>_db.npy``, ``<dataset>_query.npy``) and
 draws, per query, the query with its box and the top-k database images framed green (easy or hard positive), red
-(negative) or grey (junk), as in the paper's qualitative figure. ``plot_attention`` overlays each token's spatial
+(negative) or grey (junk), as in the paper's qualitative figure; ``plot_search_results`` draws the answers of
+``index.py query`` the same way, without ground truth. ``plot_attention`` overlays each token's spatial
 attention (paper, Fig. 3a): the tokenizer's assignment and the last refinement block's cross-attention.
 Figure sizes are fixed by ``width`` (pixels) so every PNG has a known size. The command line is visualize.py;
 the training curves are ``utils.metrics.plot_training_curves``.
@@ -23,6 +24,7 @@ from utils.errors import InputError, require_path
 
 DPI = 100
 FRAME = {"positive": "#1a9850", "negative": "#d73027", "junk": "#999999"}
+QUERY_FRAME, RESULT_FRAME = "#1f78b4", "#dddddd"  # a search of one's own images has no ground truth
 
 
 def _save(fig, out):
@@ -50,8 +52,9 @@ def relevance(gnd_query, index):
     return "junk" if index in gnd_query["junk"] else "negative"
 
 
-def plot_retrievals(data_root, dataset, features_dir, out, queries=(0, 1, 2, 3), topk=8, width=1200):
-    """Top-``topk`` database images for each of ``queries``, framed by their relevance; the PNG written."""
+def plot_retrievals(data_root, dataset, features_dir, out, queries=None, topk=8, width=1200):
+    """Top-``topk`` database images for each of ``queries`` (indices; default: the first four), framed by their
+    relevance; the PNG written."""
     ds = load_revisitop(data_root, dataset)
     features_dir = Path(features_dir)
     db = np.load(require_path(features_dir / f"{dataset}_db.npy", "database descriptors written by test.py"))
@@ -59,7 +62,11 @@ def plot_retrievals(data_root, dataset, features_dir, out, queries=(0, 1, 2, 3),
     if len(db) < len(ds.imlist) or len(qv) != len(ds.qimlist):
         raise InputError(f"{features_dir}: {len(db)} database / {len(qv)} query descriptors for {dataset}'s "
                          f"{len(ds.imlist)} / {len(ds.qimlist)} images")
-    queries = [q for q in queries if q < len(ds.qimlist)]
+    queries = list(range(min(4, len(ds.qimlist)))) if queries is None else list(queries)
+    outside = [q for q in queries if not 0 <= q < len(ds.qimlist)]
+    if outside:
+        raise InputError(f"--queries {' '.join(map(str, outside))}: {dataset} has {len(ds.qimlist)} "
+                         f"queries, numbered 0 to {len(ds.qimlist) - 1}")
     scores = db[: len(ds.imlist)] @ qv[queries].T
     fig, axes = _figure(len(queries), topk + 1, width)
     db_paths, q_paths = ds.db_paths(), ds.query_paths()
@@ -70,16 +77,37 @@ def plot_retrievals(data_root, dataset, features_dir, out, queries=(0, 1, 2, 3),
         axes[row, 0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", linewidth=2))
         axes[row, 0].set_title(f"query {q}", fontsize=8)
         for col, index in enumerate(np.argsort(-scores[:, row], kind="stable")[:topk], start=1):
-            kind = relevance(ds.gnd[q], index)
-            ax = axes[row, col]
-            ax.imshow(load_rgb(db_paths[index]))
-            ax.set_axis_on()
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_color(FRAME[kind])
-                spine.set_linewidth(4)
-            ax.set_title(f"{col}: {scores[index, row]:.2f}", fontsize=7)
+            _framed(axes[row, col], load_rgb(db_paths[index]), FRAME[relevance(ds.gnd[q], index)],
+                    f"{col}: {scores[index, row]:.2f}")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _framed(ax, image, color, title):
+    """``image`` in ``ax`` inside a frame of ``color``, titled."""
+    ax.imshow(image)
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color(color)
+        spine.set_linewidth(4)
+    ax.set_title(title, fontsize=7)
+
+
+def plot_search_results(results, out, boxes=None, width=1200):
+    """A contact sheet of ``index.py query``'s ``results`` (``[{"query", "results": [{"path", "score"}]}]``):
+    per row the query, framed (its box drawn when ``boxes`` gives one), then its results with rank and score;
+    the PNG written."""
+    cols = 1 + max(len(entry["results"]) for entry in results)
+    fig, axes = _figure(len(results), cols, width)
+    for row, entry in enumerate(results):
+        _framed(axes[row, 0], load_rgb(entry["query"]), QUERY_FRAME, f"query: {Path(entry['query']).name}")
+        if boxes is not None and boxes[row] is not None:
+            x0, y0, x1, y1 = boxes[row]
+            axes[row, 0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", linewidth=2))
+        for col, hit in enumerate(entry["results"], start=1):
+            _framed(axes[row, col], load_rgb(hit["path"]), RESULT_FRAME, f"{col}: {hit['score']:.3f}")
     fig.tight_layout()
     return _save(fig, out)
 

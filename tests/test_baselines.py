@@ -339,3 +339,16 @@ def test_gem_of_deep_image_retrieval_is_learned_and_mac_is_the_maximum():
     x = torch.rand(2, 6, 4)
     torch.testing.assert_close(mac.pool(x), x.amax(dim=1))
     torch.testing.assert_close(gem.pool(x), x.pow(3).mean(dim=1).pow(1 / 3))
+
+
+def test_a_released_name_is_found_in_the_models_folder_or_told_how_to_fetch(small_rmac, tmp_path):
+    model, _ = small_rmac
+    torch.save(model.state_dict(), tmp_path / "R101-RMAC.pth")  # the released layout is read from any depth
+    loaded = load_model("R101-RMAC", models_dir=tmp_path)
+    assert isinstance(loaded, RMAC)
+    images = torch.randn(1, 3, 64, 48)
+    torch.testing.assert_close(loaded.forward_test(images), model.forward_test(images))
+    with pytest.raises(InputError, match="python -m datasets.download models R101-SOLAR --dest"):
+        load_model("R101-SOLAR", models_dir=tmp_path)
+    with pytest.raises(InputError, match="R101-HOW"):
+        load_token("R101-Tokn", models_dir=tmp_path)

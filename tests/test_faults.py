@@ -37,18 +37,44 @@ Rows already tested elsewhere are only listed here, with the test that covers th
 * disk full: added (features, shards, checkpoints; through train.py).
 * NaN / inf loss: ``test_train.test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint``.
 
-Issue #15, evaluation defects, each held by a test that causes the real fault:
+Issue #15 (the defects an outside probe found), each with the real fault:
 
+* 1, a full disk inside ``torch.save`` (a 10 MiB tmpfs as train.py's --output-dir):
+  ``test_a_real_full_disk_inside_torch_save_is_one_line_and_leaves_no_temporary_file``; in-process:
+  ``test_disk_full_while_saving_a_checkpoint``.
+* 2, read-only output (a read-only bind mount; the writer's clean-up, test.py, visualize curves):
+  ``test_a_read_only_folder_is_named_before_any_work``; a file where a folder is expected (train.py, test.py,
+  demo.py, the synthetic world): ``test_a_file_where_a_folder_is_expected_is_named_by_its_flag``.
+* 3, NaN or infinite weights: ``test_baselines.test_nan_or_infinite_weights_are_refused_naming_the_tensor``.
 * 4, images rewritten in place: ``test_test.test_images_rewritten_in_place_are_extracted_again``,
   ``test_extract.test_feature_key_follows_each_image_file``.
 * 5, 0-byte feature files: ``test_extract.test_zero_byte_feature_files_are_extracted_again``.
+* 6, downloads: ``test_download_faults`` (a corrupt archive with one name twice, a full disk on a real tmpfs during
+  an extraction, a download and a released model's download, a member above the size cap, a URL that is no address).
+* 7 and 18, flags out of range: ``test_bad_training_flags_exit_2_naming_the_flag_before_any_work``;
+  demo.py: ``test_demo.test_bad_training_settings_stop_the_demo_before_any_work``.
 * 7, ``--scales nan`` / ``inf`` / ``1e6``: ``test_test.test_bad_input_is_one_line_and_exit_code_2``.
+* 8, --resume on data with another class count:
+  ``test_train.test_resume_on_data_with_another_number_of_landmarks_names_both_counts``.
 * 9, a box far larger than its image: ``test_revisitop.test_a_box_far_larger_than_its_image_is_refused_before_
   cropping``.
 * 10, nothing to evaluate, undefined mAP: ``test_test.test_nothing_to_evaluate_is_exit_code_2``,
   ``test_an_undefined_map_is_null_in_results_json_and_n_a_on_screen``.
+* 11, every training image unreadable:
+  ``test_every_training_image_unreadable_stops_after_the_first_epoch_without_a_checkpoint``; an empty val split:
+  ``test_train.test_an_empty_val_split_is_said_once_its_metrics_are_nan_and_no_best_is_kept``.
+* 12, checkpoints that cannot be used (unknown setting, ``heads 7``, ``resnet999``, integer keys, a ``.npy``):
+  ``test_baselines.test_a_model_config_that_cannot_be_used_is_refused_naming_the_file``,
+  ``test_heads_that_do_not_divide_dim_are_refused``,
+  ``test_integer_keys_numpy_files_and_other_files_are_told_what_they_are``.
 * 13, Ctrl-C during extraction with loader workers: ``test_test.test_ctrl_c_during_extraction_with_loader_workers_
   stops_the_run`` (real SIGINTs to real test.py runs), ``test_interrupts``.
+* 14, a killed writer's temporary file (a real SIGKILL):
+  ``test_a_killed_writers_temporary_file_is_removed_by_the_next_write_a_live_ones_is_kept``.
+* 15, a mid-epoch resume's train_loss: ``test_train.test_resumed_run_ends_where_the_uninterrupted_run_ends``.
+* 16, visualize: ``test_visualize.test_curves_figure_names_the_file_it_wrote``,
+  ``test_curves_of_a_csv_without_the_columns_or_rows_is_a_clear_error``,
+  ``test_retrievals_of_queries_that_do_not_exist_or_a_zero_width_is_a_clear_error``.
 * 17, image list entries outside ``jpg/``: ``test_revisitop.test_list_entries_outside_jpg_are_refused``,
   ``test_r1m_image_list``.
 """
@@ -69,19 +95,23 @@ import pytest
 import torch
 from PIL import Image
 
+import demo
 import retrieval.features as features_module
+import visualize
 from datasets.gldv2 import GLDV2_DIR, LandmarkImages, load_gldv2
 from datasets.images import ImageReadError, load_rgb, to_normalized_tensor
 from datasets.revisitop import RevisitopImages, load_revisitop
+from datasets.synthetic import cli as synthetic_cli
 from networks import Token, load_token
 from networks.checkpoint import load_training_state, save_checkpoint
 from retrieval.extract import SCALES, multiscale_descriptor
 from retrieval.features import FeatureStore
 from tests.conftest import ROOT
 from tests.test_train import TINY, run, small_set
-from utils.atomic import WriteError
+from utils.atomic import WriteError, atomic_write, temporary_path
 from utils.distributed import DistEnv
 from utils.errors import InputError
+from utils.metrics import COLUMNS, write_metrics_row
 from utils.safe_pickle import UnsafePickleError
 
 torch.set_num_threads(1)
@@ -491,3 +521,158 @@ def test_fuzzed_ground_truth_raises_only_input_errors(tmp_path):
             assert "gnd_fuzz.pkl" in str(err)
             refused += 1
     assert loaded > 0 and refused > 100
+
+
+# ---------------------------------------------------------------- issue #15: real full disks, read-only folders
+
+
+def _mount(*args):
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"mounting is not permitted here (mount {' '.join(args)}: {done.stderr.strip()})")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 10 MiB tmpfs: metrics.csv and the curves fit, a resnet18 checkpoint (~90 MB) does not."""
+    target = tmp_path / "small-disk"
+    target.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=10m", "tmpfs", str(target))
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only bind mount of a folder holding ``old.txt``."""
+    source, target = tmp_path / "source", tmp_path / "read-only"
+    source.mkdir()
+    target.mkdir()
+    (source / "old.txt").write_text("old")
+    _mount("--bind", str(source), str(target))
+    try:
+        _mount("-o", "remount,ro,bind", str(target))
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_a_real_full_disk_inside_torch_save_is_one_line_and_leaves_no_temporary_file(full_disk, gldv2, capsys):
+    """On a full disk torch's zip writer raises ``RuntimeError: ... unexpected pos``, not an ``OSError``."""
+    with pytest.raises(WriteError, match=f"cannot write {full_disk / 'big.pth'} \\(No space left on device\\)"):
+        save_checkpoint({"w": torch.zeros(4 * 2**20)}, full_disk / "big.pth")  # 16 MiB
+    assert list(full_disk.iterdir()) == []
+
+    out = full_disk / "run"
+    with pytest.raises(SystemExit) as stop:
+        run(gldv2, out, "--epochs", "1")
+    assert stop.value.code == 2
+    line = one_error_line(capsys.readouterr().err.splitlines()[-1])
+    assert f"cannot write {out / 'last.pth'} (No space left on device)" in line
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "training_curves.png"]
+
+
+def test_a_read_only_folder_is_named_before_any_work(read_only, tmp_path, capsys):
+    with pytest.raises(WriteError, match=f"cannot write {read_only / 'old.txt'} \\(Read-only file system\\)"):
+        atomic_write(read_only / "old.txt", lambda f: f.write(b"new"))  # the clean-up does not hide the cause
+    assert (read_only / "old.txt").read_text() == "old"
+
+    done = subprocess.run([sys.executable, "test.py", "--checkpoint", "none.pth", "--data-root", str(tmp_path),
+                           "--output-dir", str(read_only / "eval"), "--device", "cpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=SUBPROCESS_ENV)
+    assert done.returncode == 2 and done.stdout == ""
+    line = one_error_line(done.stderr)
+    assert f"--output-dir {read_only / 'eval'}" in line and "Read-only file system" in line
+
+    metrics = tmp_path / "metrics.csv"
+    write_metrics_row(metrics, {column: 1 for column in COLUMNS})
+    with pytest.raises(SystemExit) as stop:
+        visualize.main(["curves", "--metrics", str(metrics), "--out", str(read_only / "curves.png")])
+    assert stop.value.code == 2
+    assert f"--out {read_only / 'curves.png'}" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_file_where_a_folder_is_expected_is_named_by_its_flag(gldv2, tmp_path, capsys):
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    calls = {"train.py --output-dir": lambda: run(gldv2, file, "--epochs", "1"),
+             "train.py --output-dir under it": lambda: run(gldv2, file / "run", "--epochs", "1"),
+             "demo.py --run-dir": lambda: demo.main(["--quick", "--run-dir", str(file), "--data-root",
+                                                     str(tmp_path / "world")]),
+             "demo.py --data-root": lambda: demo.main(["--quick", "--run-dir", str(tmp_path / "demo"),
+                                                       "--data-root", str(file)]),
+             "synthetic --root": lambda: synthetic_cli.main(["--root", str(file / "world"), "--quiet"])}
+    for name, call in calls.items():
+        with pytest.raises(SystemExit) as stop:
+            call()
+        assert stop.value.code == 2, name
+        line = one_error_line(capsys.readouterr().err)
+        assert str(file) in line and "expected a folder" in line, (name, line)
+    assert not (tmp_path / "world").exists() and not (tmp_path / "demo").exists()  # nothing was started
+
+    done = subprocess.run([sys.executable, "test.py", "--checkpoint", "none.pth", "--data-root", str(tmp_path),
+                           "--output-dir", str(file), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=SUBPROCESS_ENV)
+    assert done.returncode == 2 and f"--output-dir {file}: is a file, expected a folder" in one_error_line(done.stderr)
+
+
+# ---------------------------------------------------------------- issue #15: temporary files of killed writers
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_a_live_ones_is_kept(tmp_path):
+    def writer(name):
+        code = ("import sys, time; from utils.atomic import atomic_write; "
+                "atomic_write(sys.argv[1], lambda f: (f.write(b'x' * 1000), f.flush(), time.sleep(120)))")
+        return subprocess.Popen([sys.executable, "-c", code, str(tmp_path / name)], cwd=ROOT, env=SUBPROCESS_ENV)
+
+    killed, alive = writer("last.pth"), writer("best.pth")
+    try:
+        temporaries = {proc: temporary_path(tmp_path / name, proc.pid) for proc, name in ((killed, "last.pth"),
+                                                                                           (alive, "best.pth"))}
+        for proc, tmp in temporaries.items():
+            _wait_for(lambda tmp=tmp, proc=proc: tmp.exists() or proc.poll() is not None, 60, "a writer's tmp")
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert temporaries[killed].exists()  # what a kill leaves behind
+
+        save_checkpoint({"step": 1}, tmp_path / "other.pth")
+        assert not temporaries[killed].exists() and temporaries[alive].exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["other.pth", temporaries[alive].name])
+    finally:
+        for proc in (killed, alive):
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------- issue #15: flags and unreadable training sets
+
+
+@pytest.mark.parametrize("flags", [["--update-every", "0"], ["--update-every", "-2"], ["--workers", "-1"],
+                                   ["--crop-scale", "1", "0.2"], ["--crop-scale", "0", "0.5"],
+                                   ["--crop-scale", "0.5", "1.5"], ["--lr", "nan"], ["--lr", "inf"], ["--lr", "0"],
+                                   ["--lr", "-1"], ["--epochs", "0"], ["--clip-grad", "nan"],
+                                   ["--val-fraction", "1"], ["--color-jitter", "0.4", "0.4", "0.2", "0.9"],
+                                   ["--jitter-p", "2"]])
+def test_bad_training_flags_exit_2_naming_the_flag_before_any_work(tmp_path, capsys, flags):
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path / "no-data", tmp_path / "run", *flags)  # flags are checked before the data root is read
+    assert stop.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {flags[0]} ") and ": expected" in line, line
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_every_training_image_unreadable_stops_after_the_first_epoch_without_a_checkpoint(tmp_path, capsys):
+    root = tmp_path / "data"
+    small_set(root / GLDV2_DIR)
+    split = load_gldv2(root)
+    for path, _ in split.train:
+        (split.root / path).write_bytes(bytes(random.Random(path).randrange(256) for _ in range(300)))
+    with pytest.raises(SystemExit) as stop:
+        run(root, tmp_path / "run", "--epochs", "3")
+    assert stop.value.code == 2
+    line = one_error_line(capsys.readouterr().err.splitlines()[-1])
+    assert "epoch 1: no training image was readable (24 skipped)" in line and str(split.root) in line
+    assert not (tmp_path / "run" / "last.pth").exists() and not (tmp_path / "run" / "metrics.csv").exists()

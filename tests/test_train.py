@@ -189,7 +189,30 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(data, uninterrupted, 
     assert resumed["best_top1_err"] == reference["best_top1_err"]
     rows, expected = read_metrics(out / "metrics.csv"), read_metrics(uninterrupted / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert [float(r["val_loss"]) for r in rows] == pytest.approx([float(r["val_loss"]) for r in expected])
+    for column in ("train_loss", "val_loss", "skipped_images"):  # the resumed epoch's loss covers all its steps
+        assert [float(r[column]) for r in rows] == pytest.approx([float(r[column]) for r in expected]), column
+
+
+def test_resume_on_data_with_another_number_of_landmarks_names_both_counts(data, uninterrupted, tmp_path, capsys):
+    other = make_gldv2(tmp_path / "other", [5, 5, 5, 5, 5, 4, 1, 1])  # 8 landmarks, still 6 steps an epoch
+    with pytest.raises(SystemExit) as stop:
+        run(other, tmp_path / "run", "--epochs", "2", "--save-every", "4", "--resume",
+            str(uninterrupted / "last.pth"))
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "classifies 7 landmarks" in line and f"--data-root {other} has 8" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_val_split_is_said_once_its_metrics_are_nan_and_no_best_is_kept(tmp_path, caplog):
+    root = make_gldv2(tmp_path / "gldv2", [1] * 8)  # a single image per landmark: all in train
+    out = tmp_path / "run"
+    run(root, out, "--epochs", "2")
+    assert caplog.text.count("the val split is empty") == 1
+    rows = read_metrics(out / "metrics.csv")
+    assert [row["val_loss"] for row in rows] == ["nan", "nan"] and [row["val_top1_err"] for row in rows] == ["nan"] * 2
+    assert all(math.isfinite(float(row["train_loss"])) for row in rows)
+    assert (out / "last.pth").is_file() and not (out / "best.pth").exists()
 
 
 def test_resume_follows_this_runs_epochs_and_lr_and_refuses_other_changes(data, tmp_path, monkeypatch, capsys):
@@ -252,16 +275,18 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path, caplog):
     assert "skipping an unreadable image" in caplog.text
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # step 1 skipped: no optimizer step
 def test_batches_without_two_readable_images_are_skipped(tmp_path, caplog):
     root = small_set(tmp_path / "gldv2")
     split = load_gldv2(root)
-    for path, _ in split.train:
-        (root / path).write_bytes(b"")
+    sampler = TrainSampler(split.train, DistEnv(0, 1, torch.device("cpu")), seed=0, chunk=4)
+    sampler.set_epoch(0)
+    for index in list(sampler)[:4]:  # every image of step 1's batch
+        (root / split.train[index][0]).write_bytes(b"")
     run(root, tmp_path / "run", "--epochs", "1")
     [row] = read_metrics(tmp_path / "run" / "metrics.csv")
-    assert int(row["skipped_images"]) == 4 * STEPS_PER_EPOCH and math.isnan(float(row["train_loss"]))
-    assert "skipping a batch with 0 readable image(s)" in caplog.text
+    assert int(row["skipped_images"]) == 4 and math.isfinite(float(row["train_loss"]))
+    assert "step 1: skipping a batch with 0 readable image(s)" in caplog.text
 
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", "0.005"), ("adamw", "0.001")])
@@ -286,7 +311,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_file(tmp_path, monk
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", save_half)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=f"cannot write {path}"):
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
     assert list(tmp_path.iterdir()) == [path]

@@ -14,7 +14,7 @@ from networks.checkpoint import load_training_state
 from networks.config import CONFIGS
 from tests.test_train import COMMON, make_gldv2
 from training.options import get_args_parser, parse_args
-from utils.metrics import read_metrics
+from utils.metrics import StepMeter, read_metrics
 
 BASELINES = sorted(set(CONFIGS) - {"token"})
 HEAD = ["--arcface-margin", "0", "--arcface-scale", "16"]  # the demo's head: no margin from scratch
@@ -91,3 +91,22 @@ def test_help_of_each_model_lists_its_flags_and_its_flags_give_its_config(name, 
         with pytest.raises(SystemExit) as stop:
             parse_args(["--model", name, "--num-tokens", "8"])
         assert stop.value.code == 2 and "--num-tokens" in capsys.readouterr().err
+
+
+def test_loss_parts_survive_a_mid_epoch_checkpoint():
+    """The epoch's sums a mid-epoch checkpoint keeps (``StepMeter.totals``) carry the loss parts as well."""
+    cpu = torch.device("cpu")
+    uninterrupted, first = StepMeter(cpu, parts=("global", "local")), StepMeter(cpu, parts=("global", "local"))
+    steps = [(torch.tensor(3.0), {"global": torch.tensor(1.0), "local": torch.tensor(2.0)}),
+             (torch.tensor(5.0), {"global": torch.tensor(4.0), "local": torch.tensor(1.0)})]
+    for step, (loss, parts) in enumerate(steps, 1):
+        uninterrupted.update(loss, 4, step, parts)
+    uninterrupted.sync()
+    first.update(steps[0][0], 4, 1, steps[0][1])
+    first.sync()
+    resumed = StepMeter(cpu, first.totals(), parts=("global", "local"))
+    resumed.update(steps[1][0], 4, 2, steps[1][1])
+    resumed.sync()
+    expected = {"train_loss": 4.0, "train_loss_global": 2.5, "train_loss_local": 1.5, "train_images": 8}
+    for summary in (uninterrupted.epoch_summary(), resumed.epoch_summary()):
+        assert {key: summary[key] for key in expected} == expected

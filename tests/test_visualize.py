@@ -75,3 +75,36 @@ def test_missing_features_is_a_clear_error(world, tmp_path, capsys):
               str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert exit_info.value.code == 2
     assert "synthetic_db.npy not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [("", "no rows to plot"), ("epoch,step\n1,2\n", "no column train_loss"),
+                                            (",".join(COLUMNS) + "\n" + ",".join(["x"] * len(COLUMNS)) + "\n",
+                                             "line 2: epoch 'x' is not a number")])
+def test_curves_of_a_csv_without_the_columns_or_rows_is_a_clear_error(tmp_path, capsys, text, expected):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        main(["curves", "--metrics", str(metrics), "--out", str(tmp_path / "curves.png")])
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {metrics}") and expected in line
+    assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("flags, expected", [(["--queries", "0", "99"], "--queries 99: synthetic has 2 queries"),
+                                             (["--queries", "-1"], "--queries -1: expected"),
+                                             (["--width", "0"], "--width 0: expected"),
+                                             (["--topk", "0"], "--topk 0: expected")])
+def test_retrievals_of_queries_that_do_not_exist_or_a_zero_width_is_a_clear_error(world, tmp_path, capsys, flags,
+                                                                                   expected):
+    ds = load_revisitop(world.root, "synthetic")
+    features = tmp_path / "features"
+    features.mkdir()
+    np.save(features / "synthetic_db.npy", np.ones((len(ds.imlist), 8), np.float32))
+    np.save(features / "synthetic_query.npy", np.ones((len(ds.qimlist), 8), np.float32))
+    with pytest.raises(SystemExit) as stop:
+        main(["retrievals", "--data-root", str(world.root), "--dataset", "synthetic", "--features", str(features),
+              "--out", str(tmp_path / "top.png"), *flags])
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert expected in line, line

@@ -7,11 +7,14 @@ The model flags are those of the chosen model only: ``train.py --help`` lists To
 """
 
 import argparse
+import math
 import os
 
 from networks.config import CONFIGS
 from training.engine import AMP_DTYPES, MIN_BATCH
+from utils import checks
 from utils.errors import InputError
+from utils.paths import writable_folder
 
 # Flags that may change when resuming (e.g. a lower --lr or --clip-grad after a NaN); all others must match.
 MAY_CHANGE_ON_RESUME = {"epochs", "lr", "clip_grad", "amp", "resume", "output_dir", "data_root", "cache_dir", "workers",
@@ -128,13 +131,29 @@ def model_config(args):
 
 
 def check_args(args, env):
-    """Raise an InputError for settings that cannot run; return the micro-batch each rank loads."""
+    """Raise an InputError naming the flag for settings that cannot run, before any work; return the micro-batch
+    each rank loads."""
+    for flag in ("epochs", "batch_size", "update_every", "log_every"):
+        checks.positive_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    for flag in ("workers", "save_every"):
+        checks.non_negative_int(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    checks.positive_float("--lr", args.lr)
+    for flag in ("momentum", "weight_decay", "warmup_epochs", "warmup_lr"):
+        checks.non_negative_float(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    if args.clip_grad is not None:
+        checks.positive_float("--clip-grad", args.clip_grad)
+    checks.ordered_pair("--crop-scale", args.crop_scale, 0, 1)
+    jitter = args.color_jitter
+    if not (all(math.isfinite(v) and v >= 0 for v in jitter) and jitter[3] <= 0.5):
+        raise InputError(f"--color-jitter {' '.join(map(str, jitter))}: expected B C S H, finite and at least 0, "
+                         "the hue H at most 0.5")
+    checks.unit_interval("--jitter-p", args.jitter_p)
+    if not 0 < args.val_fraction < 1:
+        raise InputError(f"--val-fraction {args.val_fraction}: expected a number strictly between 0 and 1")
     share = env.world_size * args.update_every
     if args.batch_size % share or args.batch_size < MIN_BATCH * share:
         raise InputError(f"--batch-size {args.batch_size} must be a multiple of {share} (processes x --update-every) "
                          f"and at least {MIN_BATCH * share}, so that each micro-batch has {MIN_BATCH}+ images")
-    if args.epochs < 1 or args.lr <= 0 or args.log_every < 1 or args.save_every < 0:
-        raise InputError("--epochs, --lr and --log-every must be positive, --save-every at least 0")
     if args.imsize < 32:
         raise InputError(f"--imsize {args.imsize}: at least 32 pixels (the backbone's stride)")
     if args.nesterov and args.momentum <= 0:
@@ -144,6 +163,13 @@ def check_args(args, env):
     except ValueError as err:
         raise InputError(f"model settings: {err}") from None
     return args.batch_size // share
+
+
+def check_paths(args):
+    """Raise an InputError naming the flag when --output-dir (or --cache-dir) cannot be written, before any work."""
+    writable_folder(args.output_dir, "--output-dir")
+    if args.cache_dir is not None:
+        writable_folder(args.cache_dir, "--cache-dir")
 
 
 def check_resume_args(resumed, current, path):

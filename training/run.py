@@ -3,7 +3,8 @@ checkpoints, metrics.csv and training curves. train.py and demo.py call ``train`
 
 Every epoch: train, then the val split's ArcFace loss (with the margin, as trained) and top-1/top-5 error of the
 plain cosine logits (no margin: the class a retrieval descriptor is nearest to); a row in metrics.csv, the plot
-training_curves.png, last.pth, and best.pth when the val top-1 error is the lowest so far.
+training_curves.png, last.pth, and best.pth when the val top-1 error is the lowest so far (never with an empty
+val split, whose metrics are nan). An epoch in which no training image was readable stops the run (InputError).
 """
 
 import logging
@@ -30,7 +31,7 @@ from networks.checkpoint import (
 )
 from training.engine import derived_seed, memory_format, require_finite, seed_rng, train_one_epoch, validate
 from training.optim import build_optimizer, lr_factor
-from training.options import check_args, check_resume_args, model_config
+from training.options import check_args, check_paths, check_resume_args, model_config
 from utils.distributed import ShardSampler, TrainSampler, main_process_first
 from utils.errors import InputError
 from utils.metrics import plot_training_curves, write_metrics_row
@@ -72,14 +73,22 @@ def build_model(args, num_classes, env):
     return model.to(env.device, memory_format=memory_format(env.device))
 
 
-def restore(resumed, path, model, optimizer, scaler, steps_per_epoch, lr):
+def check_resume_data(resumed, path, split, steps_per_epoch, data_root):
+    """The checkpoint must have been trained on data of this split's shape: its class count and steps an epoch."""
+    classes = resumed["state_dict"]["arcface.weight"].shape[0] if "arcface.weight" in resumed["state_dict"] else None
+    if classes != split.num_classes:
+        raise InputError(f"--resume {path}: the checkpoint classifies {classes} landmarks, the data of --data-root "
+                         f"{data_root} has {split.num_classes}: resume on the data it was trained on")
+    if resumed["steps_per_epoch"] != steps_per_epoch:
+        raise InputError(f"--resume {path}: {resumed['steps_per_epoch']} steps an epoch there, {steps_per_epoch} "
+                         "now: the train split or the batch size changed")
+
+
+def restore(resumed, model, optimizer, scaler, lr):
     """Load a checkpoint's weights, optimizer and fp16 scaler state; return its (step, best_top1_err).
 
     The schedule restarts from ``lr`` (this run's --lr) at the checkpoint's step.
     """
-    if resumed["steps_per_epoch"] != steps_per_epoch:
-        raise InputError(f"--resume {path}: {resumed['steps_per_epoch']} steps an epoch there, {steps_per_epoch} "
-                         "now: the train split or the batch size changed")
     model.load_state_dict(resumed["state_dict"])
     optimizer.load_state_dict(resumed["optimizer"])
     for group in optimizer.param_groups:
@@ -92,6 +101,7 @@ def restore(resumed, path, model, optimizer, scaler, steps_per_epoch, lr):
 def train(args, env):
     """The whole run that ``args`` (train.py's flags) describe, on ``env``; raises ``Diverged`` on a NaN."""
     micro_batch = check_args(args, env)
+    check_paths(args)
     output_dir = Path(args.output_dir)
     resume_path = find_resume(args.resume, output_dir)
     resumed = load_training_state(resume_path) if resume_path else None
@@ -101,14 +111,20 @@ def train(args, env):
     split, train_loader, val_loader = build_data(args, env, micro_batch)
     steps_per_epoch = len(train_loader) // args.update_every
     total_steps = args.epochs * steps_per_epoch
+    if resumed:
+        check_resume_data(resumed, resume_path, split, steps_per_epoch, args.data_root)
+    if not split.val:
+        log.warning("the val split is empty (every landmark has a single image): val_loss, val_top1_err and "
+                    "val_top5_err are written as nan and no best.pth is kept; last.pth holds the latest epoch")
     output_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_model(args, split.num_classes, env)
     optimizer = build_optimizer(model, args)
     scaler = torch.amp.GradScaler(env.device.type, enabled=args.amp == "fp16")
-    step, best_top1_err = 0, math.inf
+    step, best_top1_err, totals = 0, math.inf, None
     if resumed:
-        step, best_top1_err = restore(resumed, resume_path, model, optimizer, scaler, steps_per_epoch, args.lr)
+        step, best_top1_err = restore(resumed, model, optimizer, scaler, args.lr)
+        totals = resumed.get("epoch_totals") if step % steps_per_epoch else None  # resumed mid-epoch
         del resumed  # a CPU copy of the weights and optimizer state
     factor = partial(lr_factor, total_steps=total_steps, schedule=args.schedule,
                      warmup_steps=round(args.warmup_epochs * steps_per_epoch), warmup_start=args.warmup_lr / args.lr)
@@ -124,10 +140,11 @@ def train(args, env):
              env.device.type, micro_batch, args.update_every, steps_per_epoch, total_steps,
              f"; resuming {resume_path} at step {step}" if resume_path else "")
 
-    def save(step, is_best=False):
+    def save(step, totals=None, is_best=False):
         require_finite(model, step)
         if env.is_main:
-            state = training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err)
+            state = training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err,
+                                   totals)
             save_checkpoint(state, output_dir / LAST)
             if is_best:
                 copy_checkpoint(output_dir / LAST, output_dir / BEST)
@@ -137,8 +154,16 @@ def train(args, env):
         train_loader.sampler.set_epoch(epoch, start=(step - epoch * steps_per_epoch) * micro_batch * args.update_every)
         seed_rng(args.seed, env.rank, step)
         step, stats = train_one_epoch(model, ddp_model, train_loader, optimizer, scheduler, scaler, args, env, epoch,
-                                      step, steps_per_epoch, save)
+                                      step, steps_per_epoch, save, totals)
+        totals = None
+        if not stats["train_images"]:
+            raise InputError(f"epoch {epoch + 1}: no training image was readable ({stats['skipped_images']} "
+                             f"skipped), nothing was learnt; stopped without saving: check the images under "
+                             f"{split.root}")
         val = validate(model, val_loader, args, env)
+        if split.val and val["skipped_images"] == len(split.val):
+            log.warning("epoch %d: none of the %d val images was readable: the val metrics are nan", epoch + 1,
+                        len(split.val))
         is_best = val["val_top1_err"] < best_top1_err
         if is_best:
             best_top1_err = val["val_top1_err"]
@@ -148,7 +173,7 @@ def train(args, env):
         if env.is_main:
             write_metrics_row(output_dir / "metrics.csv", row)
             plot_training_curves(output_dir / "metrics.csv", output_dir / "training_curves.png")
-        save(step, is_best)
+        save(step, is_best=is_best)
         parts = "".join(f" ({name.removeprefix('train_loss_')} {value:.4f})" for name, value in stats.items()
                         if name.startswith("train_loss_"))
         log.info("epoch %d/%d: train loss %.4f%s, val loss %.4f, val top-1/top-5 error %.2f/%.2f %%, lr %.3g, "

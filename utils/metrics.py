@@ -18,9 +18,11 @@ from torch.distributed import ReduceOp
 
 from utils.atomic import atomic_write
 from utils.distributed import all_reduce
+from utils.errors import InputError
 
 COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s",
            "skipped_images", "time")
+PLOTTED = ("epoch", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "lr")
 NO_STEP = 2**62  # "no non-finite loss seen": larger than any step
 
 
@@ -32,12 +34,16 @@ class StepMeter:
     the window over all ranks in one transfer and folds it into the epoch totals.
     """
 
-    def __init__(self, device, parts=()):
-        """``parts``: the names of the loss parts that every ``update`` gives (the same on every rank)."""
+    def __init__(self, device, totals=None, parts=()):
+        """``totals`` (from ``totals()`` of a checkpoint saved mid-epoch) continues that epoch's sums; ``parts``: the
+        names of the loss parts that every ``update`` gives (the same on every rank)."""
+        totals = totals or {}
         self.device, self.parts = device, tuple(parts)
-        self.total_loss = self.total_images = self.total_skipped = 0.0
-        self.total_parts = dict.fromkeys(self.parts, 0.0)
-        self.epoch_start = time.perf_counter()
+        self.total_loss = float(totals.get("loss_sum", 0.0))
+        self.total_images = float(totals.get("images", 0.0))
+        self.total_skipped = float(totals.get("skipped", 0.0))
+        self.total_parts = {name: float(totals.get("parts", {}).get(name, 0.0)) for name in self.parts}
+        self.epoch_start = time.perf_counter() - float(totals.get("seconds", 0.0))
         self.first_bad_step = torch.full((), NO_STEP, dtype=torch.int64, device=device)
         self._reset_window()
 
@@ -82,14 +88,21 @@ class StepMeter:
                 "images_per_s": images / max(seconds, 1e-9),
                 "first_bad_step": None if first_bad == NO_STEP else first_bad}
 
+    def totals(self):
+        """The epoch's sums so far, all ranks, as plain numbers (call right after ``sync``): what a checkpoint
+        saved mid-epoch keeps, so that the resumed epoch's statistics cover all its steps."""
+        return {"loss_sum": self.total_loss, "images": self.total_images, "skipped": self.total_skipped,
+                "parts": dict(self.total_parts), "seconds": time.perf_counter() - self.epoch_start}
+
     def epoch_summary(self):
-        """Totals since construction: mean loss (and ``train_loss_<part>`` per part), images per second and
-        unreadable images, all ranks."""
+        """Totals of the epoch: mean loss (and ``train_loss_<part>`` per part), images trained, images per second
+        and unreadable images, all ranks."""
         seconds = time.perf_counter() - self.epoch_start
         mean = lambda total: total / self.total_images if self.total_images else math.nan  # noqa: E731
         return {"train_loss": mean(self.total_loss),
                 **{f"train_loss_{name}": mean(total) for name, total in self.total_parts.items()},
-                "images_per_s": self.total_images / max(seconds, 1e-9), "skipped_images": int(self.total_skipped)}
+                "train_images": int(self.total_images), "images_per_s": self.total_images / max(seconds, 1e-9),
+                "skipped_images": int(self.total_skipped)}
 
 
 def write_metrics_row(path, row):
@@ -112,15 +125,38 @@ def write_metrics_row(path, row):
 
 def read_metrics(path):
     """The rows of a metrics.csv as dicts of strings."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: cannot read it as a metrics.csv ({err.__class__.__name__}: {err})") from None
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def plot_training_curves(metrics_csv, out_png):
     """Plot a metrics.csv in three panels (loss, val top-1/top-5 error, learning rate) against the epoch, as the
     PNG ``out_png``; the path written."""
     rows = read_metrics(metrics_csv)
-    column = lambda name: [float(r[name]) for r in rows]  # noqa: E731
+    missing = [name for name in PLOTTED if not rows or name not in rows[0]]
+    if not rows or missing:
+        raise InputError(f"{metrics_csv}: no rows to plot" if not rows else
+                         f"{metrics_csv}: no column {', '.join(missing)}; expected a metrics.csv of train.py "
+                         f"({','.join(COLUMNS)})")
+
+    def column(name):
+        try:
+            return [float(r[name]) for r in rows]
+        except (TypeError, ValueError):
+            bad = next(i for i, r in enumerate(rows) if not _is_number(r[name]))
+            raise InputError(f"{metrics_csv}, line {bad + 2}: {name} {rows[bad][name]!r} is not a number") from None
+
     epochs = column("epoch")
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     loss, err, lr = fig.subplots(1, 3)

@@ -1,7 +1,17 @@
-"""One rule for the paths that data files list inside a data root (image lists, the R1M list): a listed entry
-names a file under its folder, never one outside it."""
+"""Paths, checked before any work.
 
-from pathlib import PurePosixPath
+- ``relative_inside``: one rule for the paths that data files list inside a data root (image lists, the R1M
+  list): a listed entry names a file under its folder, never one outside it.
+- ``writable_folder`` / ``writable_file``: a folder a run writes into, or a file it writes. The check finds the
+  first problem a write would meet later (a file where a folder is expected, a folder that cannot be created, a
+  read-only or unwritable location) and names the flag and the path in one line.
+"""
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from utils.errors import InputError
 
 
 def relative_inside(entry):
@@ -16,4 +26,42 @@ def relative_inside(entry):
         raise ValueError("an absolute path")
     if ".." in path.parts:
         raise ValueError("a path through '..'")
+    return path
+
+
+def _nearest_existing(path):
+    """``path`` or its closest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def writable_folder(path, flag):
+    """Check that ``path`` is, or can be created as, a folder this process can write into; return it as a Path.
+
+    Nothing is created: the nearest existing folder on the way is probed with a temporary file.
+    """
+    path = Path(path)
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        where = "is a file" if existing == Path(os.path.abspath(path)) else f"cannot be created: {existing} is a file"
+        raise InputError(f"{flag} {path}: {where}, expected a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=existing)
+    except OSError as err:
+        reason = err.strerror or err.__class__.__name__
+        what = "is not writable" if existing == Path(os.path.abspath(path)) else f"cannot be created in {existing}"
+        raise InputError(f"{flag} {path}: {what} ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def writable_file(path, flag):
+    """Check that the file ``path`` can be written (its folder as ``writable_folder``); return it as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder, expected a file to write")
+    writable_folder(path.parent, f"{flag} {path}: its folder")
     return path

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from datasets.download import gldv2, models, revisitop
 from datasets.revisitop import R1M
-from networks.zoo import RELEASED, release
+from networks.zoo import MODELS_DIR, RELEASED, release
 from utils.errors import InputError, fail_cleanly
 
 DESCRIPTION = ("Fetch the data and the released models: ROxf/RPar (+R1M) and GLDv2 into the data root, released "
@@ -72,7 +72,8 @@ def _models_parser(commands):
                     "file's SHA-256 is recorded beside it at the first download and checked on every rerun.")
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"released models: {', '.join(RELEASED)} (default: all)")
-    parser.add_argument("--dest", required=True, type=Path, help="folder for the files (created if missing)")
+    parser.add_argument("--dest", default=MODELS_DIR, type=Path,
+                        help="folder for the files (created if missing); where test.py and load_model look up names")
     parser.add_argument("--base-url", default=models.DRIVE_URL,
                         help="base URL of the Drive endpoint <base-url>/uc?id=<id> (default: Google Drive)")
 

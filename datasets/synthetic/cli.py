@@ -11,6 +11,8 @@ from pathlib import Path
 from datasets.gldv2 import GLDV2_DIR
 from datasets.synthetic.tasks import TEST_NAME
 from datasets.synthetic.world import ensure_generated, generate
+from utils.errors import fail_cleanly
+from utils.paths import writable_folder
 
 
 def _range_arg(text):
@@ -65,9 +67,11 @@ def get_args_parser():
     return parser
 
 
+@fail_cleanly
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    writable_folder(args.root, "--root")
     options = dict(seed=args.seed, num_train_landmarks=args.train_landmarks,
                    images_per_landmark=args.images_per_landmark, num_test_landmarks=args.test_landmarks,
                    queries_per_landmark=args.queries_per_landmark, db_views_per_landmark=args.db_views_per_landmark,

@@ -1,0 +1,54 @@
+"""A user's own collection of images: a folder searched recursively, or a text file of image paths one a line
+(relative to a root folder, as deep-image-retrieval's ``ImageList``), read with the evaluation's database resizing.
+
+A collection is not a benchmark: a file that cannot be decoded is not an error but a skipped item
+(``CollectionImages`` gives ``None`` for it), and a path listed twice is kept once.
+"""
+
+import os
+from pathlib import Path
+
+from datasets.images import ImageReadError
+from datasets.revisitop import RevisitopImages
+from utils.errors import InputError
+
+
+def list_images(source, root=None):
+    """Absolute paths of the images of ``source`` in a stable order, duplicates kept once (first place).
+
+    ``source``: a folder (every file under it, hidden files and folders left out, sorted by path) or a text
+    file of paths one a line (blank lines and lines starting with ``#`` ignored), relative to ``root`` (default:
+    the list's own folder) unless absolute. Which files are images is found when they are read.
+    """
+    source = Path(source)
+    if source.is_dir():
+        if root is not None:
+            raise InputError(f"--root {root}: only for a text file of paths, but --images {source} is a folder")
+        found = (Path(folder) / name for folder, dirs, names in os.walk(source, followlinks=True)
+                 for name in names if not name.startswith(".")
+                 if not any(part.startswith(".") for part in Path(folder).relative_to(source).parts))
+        paths = sorted(os.path.abspath(path) for path in found)
+    elif source.is_file():
+        base = Path(root) if root is not None else source.parent
+        if root is not None and not base.is_dir():
+            raise InputError(f"--root {root} not found: expected the folder the paths of {source} are relative to")
+        try:
+            lines = source.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"--images {source}: cannot read it as a text file of image paths ({err})") from None
+        paths = [os.path.abspath(base / line.strip()) for line in lines
+                 if line.strip() and not line.strip().startswith("#")]
+    else:
+        raise InputError(f"--images {source} not found: expected a folder of images or a text file of image paths")
+    return list(dict.fromkeys(paths))
+
+
+class CollectionImages(RevisitopImages):
+    """Database-resized images as ``(tensor 3 x H x W, index)``; ``(None, index)`` for a file that cannot be
+    read as an image (``retrieval.extract.extract`` leaves its row NaN)."""
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except ImageReadError:
+            return None, index

@@ -1,0 +1,60 @@
+"""Whitenings as the command lines name them: a ``W.npz`` file (``--whiten-file``, written by ``index.py
+whiten``) or a checkpoint's learned whitening (``--whiten NAME``). The math is ``networks.whitening``."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from networks.whitening import PCAWhitening
+from utils.atomic import atomic_write
+from utils.errors import InputError
+
+DEFAULT_POWER = 0.25  # deep-image-retrieval's --whitenp default
+BLOCK_ROWS = 65536  # rows whitened at a time (the whitening computes in float64)
+
+
+def save_whitening(path, whitening):
+    """``whitening`` as an ``.npz`` of its arrays at ``path``, written atomically; the path."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **whitening.to_arrays())
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return Path(path)
+
+
+def read_whitening(path, flag="--whiten-file"):
+    """The ``PCAWhitening`` in the ``.npz`` at ``path``; ``InputError`` naming ``flag`` and the file otherwise."""
+    expected = "a whitening .npz with mean, components, variance and whiten (python index.py whiten writes one)"
+    if not Path(path).is_file():
+        raise InputError(f"{flag} {path} not found: expected {expected}")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return PCAWhitening.from_arrays(arrays)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError(f"{flag} {path}: expected {expected} ({err})") from None
+
+
+def learned_whitening(model, name):
+    """The whitening ``name`` that the checkpoint's model carries (``model.whitening``, a dict of name to
+    ``PCAWhitening``); ``InputError`` listing the known names otherwise."""
+    known = getattr(model, "whitening", None) or {}
+    if name not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        raise InputError(f"--whiten {name}: this checkpoint has no learned whitening of that name; known: {listed}")
+    return known[name]
+
+
+def check_dim(whitening, dim, source):
+    """Raise ``InputError`` unless ``whitening`` takes ``dim``-dimensional descriptors."""
+    if whitening.dim != dim:
+        raise InputError(f"{source}: the whitening takes {whitening.dim}-d descriptors, the model gives {dim}-d")
+    return whitening
+
+
+def whiten_rows(whitening, x, power):
+    """``whitening(x, power)`` as float32, over blocks of ``BLOCK_ROWS`` rows so that the float64 temporaries of
+    a million descriptors stay small."""
+    out = np.empty((len(x), whitening.components.shape[0]), dtype=np.float32)
+    for start in range(0, len(x), BLOCK_ROWS):
+        out[start:start + BLOCK_ROWS] = whitening(x[start:start + BLOCK_ROWS], power)
+    return out
