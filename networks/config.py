@@ -48,6 +48,11 @@ class ModelConfig:
             raise TypeError(f"expected a {cls.__name__} or keywords, got {config!r}")
         return replace(config or cls(), **settings)
 
+    @property
+    def descriptor_dim(self):
+        """Size of the global descriptor that ``forward_test`` returns."""
+        return self.out_dim
+
     def to_dict(self):
         return {"model": self.model, **asdict(self)}
 
@@ -187,6 +192,10 @@ class NetVLADConfig(ModelConfig):
     drop_path: float = _setting(0.1, "drop-path rate of the encoder's residual branches")
     arcface_margin: float = _setting(0.2, "ArcFace margin m")
     arcface_scale: float = _setting(32.0, "ArcFace scale s")
+
+    @property
+    def descriptor_dim(self):
+        return self.dim
 
     def __post_init__(self):
         super().__post_init__()
