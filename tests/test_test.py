@@ -271,7 +271,7 @@ def test_without_output_dir_nothing_is_kept(setup, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("case,message", [
     ("no_root", "not found: expected the layout"),
-    ("no_checkpoint", "not found: expected a Token checkpoint"),
+    ("no_checkpoint", "missing.pth not found: expected a model checkpoint file"),
     ("missing_image", "1 image(s) missing"),
     ("pq_not_dividing", "--pq 5 must divide the descriptor size 32"),
     ("pq_too_few", "needs at least 256 database images"),
