@@ -14,7 +14,9 @@ from datasets.revisitop import load_revisitop
 from networks import RMAC, APGeM, load_model
 from retrieval.revisited import revisited_map
 from tests.released import dirtorch_names, fitted_pca, save_deep_image_retrieval
-from tests.test_test import TEST_ARGS, one_thread, run_test, test_py, write_mini_set  # noqa: F401 (autouse)
+from tests.test_test import TEST_ARGS, run_test, test_py, write_mini_set
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM = 16
 
