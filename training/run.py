@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from datasets.gldv2 import LandmarkImages, collate_skip_bad, load_gldv2, train_transform, val_transform
+from datasets.transforms import FastTrainCrop
 from networks import Token, TokenConfig
 from networks.checkpoint import (
     BEST,
@@ -42,8 +43,12 @@ def build_data(args, env, micro_batch):
     """The GLDv2 split and its train/val loaders; the train sampler yields whole optimizer steps only."""
     with main_process_first(env):  # rank 0 builds the split cache, the others read it
         split = load_gldv2(args.data_root, args.csv, args.split_seed, args.val_fraction, args.cache_dir)
-    augment = train_transform(args.imsize, args.crop_scale if args.random_crop else None, args.hflip,
-                              args.color_jitter if args.jitter else None, args.jitter_p)
+    crop_scale = args.crop_scale if args.random_crop else None
+    if args.pipeline == "fast":  # uint8 crops; the colour jitter and normalisation follow on the device
+        augment = FastTrainCrop(args.imsize, crop_scale, args.hflip)
+    else:
+        augment = train_transform(args.imsize, crop_scale, args.hflip, args.color_jitter if args.jitter else None,
+                                  args.jitter_p)
     train_set = LandmarkImages(split.train, split.root, augment)
     val_set = LandmarkImages(split.val, split.root, val_transform(args.imsize))
     sampler = TrainSampler(train_set, env, args.seed, micro_batch * args.update_every)
