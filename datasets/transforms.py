@@ -8,8 +8,9 @@ In the loader process (``FastTrainCrop``, called with the file path):
    (``crop_box``: torchvision's ``RandomResizedCrop.get_params``, the same draws in the same order);
 2. when the box is at least twice the output size, the JPEG is decoded at a reduced DCT scale (1/2, 1/4 or
    1/8, PIL's ``draft``) that keeps the box at least the output size; the box is mapped to the reduced image;
-3. the box is resampled to ``imsize`` x ``imsize`` (bilinear with antialiasing, as torchvision does on PIL
-   images), flipped with probability 1/2, and returned as a uint8 tensor.
+3. the box is cut out and resampled to ``imsize`` x ``imsize`` (bilinear with antialiasing, as torchvision does on
+   PIL images, but by torch's uint8 kernel: ``resize_crop``; a box mapped into a reduced image, by PIL), flipped
+   with probability 1/2, and returned as a uint8 tensor.
 
 On the device (``to_unit``, ``BatchColorJitter``, ``normalize``): the colour jitter of torchvision's ``ColorJitter``
 applied with probability ``p``, each image with its own factors and order, drawn as torchvision draws them
@@ -18,6 +19,7 @@ applied with probability ``p``, each image with its own factors and order, drawn
 
 import math
 
+import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
@@ -72,8 +74,9 @@ class FastTrainCrop:
     crop sized from the JPEG header and decoded at a reduced scale where that keeps the output's detail.
 
     ``crop_scale`` None: the short side resized to ``imsize`` and a centre crop, as ``train_transform``.
-    ``draft`` False decodes every image fully (the same pixels as ``train_transform``'s crop for the same
-    seed). An unreadable file raises ``ImageReadError``.
+    ``draft`` False decodes every image fully (for the same seed, ``train_transform``'s crop within a fraction
+    of a grey level). A box in a reduced image falls between its pixels: PIL resamples it. An unreadable file
+    raises ``ImageReadError``.
     """
 
     reads_path = True  # LandmarkImages calls it with the file path, not a decoded image
@@ -88,12 +91,12 @@ class FastTrainCrop:
     def __call__(self, path):
         with open_image(path) as img:
             if self.crop_scale is None:
-                out = self.resize(to_rgb(img))
+                out = F.pil_to_tensor(self.resize(to_rgb(img)))
             else:
                 out = self._crop(img)
         if self.hflip and torch.rand(1) < 0.5:
-            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return F.pil_to_tensor(out)
+            out = out.flip(-1)
+        return out
 
     def _crop(self, img):
         width, height = img.size
@@ -101,9 +104,21 @@ class FastTrainCrop:
         if self.draft and img.format == "JPEG":
             img.draft(None, draft_request(width, height, w, h, self.imsize))
         rgb = to_rgb(img)
-        sx, sy = rgb.width / width, rgb.height / height
+        if rgb.size == (width, height):
+            return resize_crop(np.array(rgb.crop((left, top, left + w, top + h))), self.imsize)
+        sx, sy = rgb.width / width, rgb.height / height  # decoded reduced: the box falls between pixels
         box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-        return rgb.resize((self.imsize, self.imsize), Image.Resampling.BILINEAR, box=box)
+        return F.pil_to_tensor(rgb.resize((self.imsize, self.imsize), Image.Resampling.BILINEAR, box=box))
+
+
+def resize_crop(pixels, imsize):
+    """An H x W x 3 uint8 array resampled to a 3 x ``imsize`` x ``imsize`` uint8 tensor: bilinear with
+    antialiasing (PIL's filter, within a fraction of a grey level), by torch's uint8 kernel for channels-last
+    images, faster than PIL's (README, "Speed and memory")."""
+    crop = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # channels-last, as decoded
+    out = torch.nn.functional.interpolate(crop, size=(imsize, imsize), mode="bilinear", antialias=True,
+                                          align_corners=False)
+    return out[0]
 
 
 # ---------------------------------------------------------------- on the device
@@ -145,18 +160,15 @@ def _blend(images, other, factor):
 def shift_hue(images, shift):
     """Rotate the hue of float RGB images in [0, 1] (B x 3 x H x W) by ``shift`` (B,) turns, keeping each pixel's
     value (max) and chroma (max - min): the HSV hue shift of torchvision's ``adjust_hue``."""
-    top, bottom = images.max(dim=1).values, images.min(dim=1).values
-    chroma = top - bottom
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    r, g, b = images.unbind(dim=1)
-    hue = torch.where(top == r, ((g - b) / safe).remainder(6),
-                      torch.where(top == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = (hue + 6 * shift.to(images)[:, None, None]).remainder(6)
-    channels = []
-    for n in (5, 3, 1):  # R, G, B: value - chroma * clamp(min(k, 4 - k), 0, 1), k = (n + hue) mod 6
-        k = (n + hue).remainder(6)
-        channels.append(top - chroma * torch.minimum(k, 4 - k).clamp(0, 1))
-    return torch.stack(channels, dim=1)
+    top, channel = images.max(dim=1, keepdim=True)  # ties give the same hue whichever channel is taken
+    chroma = top - images.min(dim=1, keepdim=True).values
+    # hue in sixths of a turn: (g - b) / chroma off red, 2 + (b - r) / chroma off green, 4 + (r - g) / chroma off blue
+    across = (images.roll(-1, dims=1) - images.roll(-2, dims=1)).gather(1, channel)
+    hue = across.div_(torch.where(chroma > 0, chroma, 1.0)).add_(2 * channel)
+    hue.add_(6 * shift.to(images)[:, None, None, None])
+    # back to RGB: channel n of (R, G, B) = value - chroma * clamp(min(k, 4 - k), 0, 1), k = (5, 3, 1)[n] + hue mod 6
+    k = (hue + torch.tensor([5.0, 3.0, 1.0], device=images.device)[None, :, None, None]).remainder_(6)
+    return top - chroma * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
 def color_jitter(images, applied, order, factors):

@@ -65,9 +65,8 @@ def test_fast_crop_is_a_square_uint8_tensor_with_released_pixels_without_draft(t
         fast = normalize(to_unit(FastTrainCrop(64, (0.2, 1.0), draft=False)(path)[None]))[0]
         torch.manual_seed(seed)
         expected = released(Image.open(path).convert("RGB"))
-        # resampling the box inside the image lets the filter see past its edges, as a crop first does not
-        np.testing.assert_allclose(fast[:, 2:-2, 2:-2], expected[:, 2:-2, 2:-2], atol=1e-5)
-        assert (fast - expected).abs().mean() * 0.225 * 255 < 0.5  # grey levels
+        diff = (fast - expected).abs() * 0.225 * 255  # grey levels: torch's uint8 filter rounds unlike PIL's
+        assert diff.max() <= 2.5 and diff.mean() < 0.1
     plain = FastTrainCrop(64, None, hflip=False)
     assert torch.equal(plain(path), plain(path)) and plain(path).shape == (3, 64, 64)
 
