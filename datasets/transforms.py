@@ -74,6 +74,9 @@ class FastTrainCrop:
     crop sized from the JPEG header and decoded at a reduced scale where that keeps the output's detail.
 
     ``crop_scale`` None: the short side resized to ``imsize`` and a centre crop, as ``train_transform``.
+    ``color_jitter`` (strengths, with probability ``jitter_p``): the released colour jitter, here, after the flip
+    (for training on the CPU, where PIL's 8-bit jitter in the loader processes costs less than the batch jitter);
+    by default it is left to the device (``BatchColorJitter``).
     ``draft`` False decodes every image fully (for the same seed, ``train_transform``'s crop within a fraction
     of a grey level). A box in a reduced image falls between its pixels: PIL resamples it. An unreadable file
     raises ``ImageReadError``.
@@ -81,12 +84,13 @@ class FastTrainCrop:
 
     reads_path = True  # LandmarkImages calls it with the file path, not a decoded image
 
-    def __init__(self, imsize=512, crop_scale=(0.2, 1.0), hflip=True, draft=True):
+    def __init__(self, imsize=512, crop_scale=(0.2, 1.0), hflip=True, draft=True, color_jitter=None, jitter_p=0.8):
         self.imsize = imsize
         self.crop_scale = tuple(crop_scale) if crop_scale else None
         self.hflip = hflip
         self.draft = draft
         self.resize = None if crop_scale else T.Compose([T.Resize(imsize), T.CenterCrop(imsize)])
+        self.jitter = T.RandomApply([T.ColorJitter(*color_jitter)], p=jitter_p) if color_jitter and jitter_p else None
 
     def __call__(self, path):
         with open_image(path) as img:
@@ -96,6 +100,8 @@ class FastTrainCrop:
                 out = self._crop(img)
         if self.hflip and torch.rand(1) < 0.5:
             out = out.flip(-1)
+        if self.jitter is not None:  # the released jitter on the crop (PIL's, 8-bit)
+            out = F.pil_to_tensor(self.jitter(Image.fromarray(np.ascontiguousarray(out.permute(1, 2, 0).numpy()))))
         return out
 
     def _crop(self, img):

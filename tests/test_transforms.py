@@ -67,6 +67,13 @@ def test_fast_crop_is_a_square_uint8_tensor_with_released_pixels_without_draft(t
         expected = released(Image.open(path).convert("RGB"))
         diff = (fast - expected).abs() * 0.225 * 255  # grey levels: torch's uint8 filter rounds unlike PIL's
         assert diff.max() <= 2.5 and diff.mean() < 0.1
+    jittered = train_transform(64, (0.2, 1.0), hflip=True)
+    for seed in range(3):  # with the jitter in the loader: the same factors too
+        torch.manual_seed(seed)
+        crop = FastTrainCrop(64, (0.2, 1.0), draft=False, color_jitter=(0.4, 0.4, 0.2, 0.1))(path)
+        fast = normalize(to_unit(crop[None]))
+        torch.manual_seed(seed)
+        assert (fast[0] - jittered(Image.open(path).convert("RGB"))).abs().mean() * 0.225 * 255 < 0.5
     plain = FastTrainCrop(64, None, hflip=False)
     assert torch.equal(plain(path), plain(path)) and plain(path).shape == (3, 64, 64)
 
@@ -111,11 +118,15 @@ def test_pipeline_flag_selects_the_transform_and_the_device_step(tmp_path):
     (fast_image, label), (old_image, _) = fast_set[0], old_set[0]
     assert label == 3 and fast_image.dtype == torch.uint8 and old_image.dtype == torch.float32
     env = DistEnv(rank=0, world_size=1, device=torch.device("cpu"))
-    batch = to_device(fast_image[None], env, device_jitter(defaults))
+    assert device_jitter(defaults, env) is None  # on the CPU the loader jitters
+    cuda = DistEnv(rank=0, world_size=1, device=torch.device("cuda"))
+    assert device_jitter(defaults, cuda) is not None
+    assert device_jitter(get_args_parser().parse_args(["--no-color-jitter"]), cuda) is None
+    jitter = device_jitter(defaults, cuda)
+    batch = to_device(fast_image[None], env, jitter)  # the device step, run here on the CPU
     assert batch.dtype == torch.float32 and batch.shape == (1, 3, 32, 32)
-    assert torch.equal(to_device(old_image[None], env, device_jitter(defaults)), old_image[None])  # as loaded
+    assert torch.equal(to_device(old_image[None], env, jitter), old_image[None])  # normalised by the loader
     np.testing.assert_allclose(to_device(fast_image[None], env, None), normalize(to_unit(fast_image[None])))
-    assert device_jitter(get_args_parser().parse_args(["--no-color-jitter"])) is None
 
 
 def test_loader_benchmark_quick_writes_its_ratio_and_checks(tmp_path):
@@ -124,10 +135,12 @@ def test_loader_benchmark_quick_writes_its_ratio_and_checks(tmp_path):
     report = json.loads(out.read_text())
     assert report["images"] == 3 and len(report["image_sizes"]) == 3
     timing = report["training"]
-    assert set(timing) == {"released", "fast, full decode", "fast", "device step (on this CPU)"}
+    assert set(timing) == {"released", "fast, full decode", "fast", "device step (on this CPU)",
+                           "fast, jitter in the loader"}
     for entry in timing.values():
         assert entry["s_per_image"] > 0 and entry["images_per_s"] == pytest.approx(1 / entry["s_per_image"])
     assert report["ratio"] == pytest.approx(timing["released"]["s_per_image"] / timing["fast"]["s_per_image"])
+    assert report["ratio_jitter_in_loader"] == pytest.approx(timing["fast, jitter in the loader"]["speedup"])
     assert report["box_check"]["ok"] and report["pixel_check"]["ok"] and report["distribution_ok"]
     assert report["box_check"]["total_variation"]["area_share"] <= report["box_check"]["tolerance"]
     assert report["pixel_check"]["mean_abs_diff_levels"] <= loader_benchmark.PIXEL_TOL

@@ -41,9 +41,17 @@ def to_device(images, env, augment=None):
     return images.to(memory_format=memory_format(env.device))
 
 
-def device_jitter(args):
-    """The colour jitter the fast pipeline leaves to the device, or None when it is off."""
-    return BatchColorJitter(args.color_jitter, args.jitter_p) if args.jitter and args.jitter_p else None
+def jitter_on_device(env):
+    """Whether the fast pipeline leaves the colour jitter to the device: on a GPU. On the CPU, PIL's 8-bit jitter
+    in the loader processes costs less than the batch jitter (README, "Speed and memory")."""
+    return env.device.type == "cuda"
+
+
+def device_jitter(args, env):
+    """The colour jitter the fast pipeline leaves to the device, or None (off, or done in the loader)."""
+    if not (args.jitter and args.jitter_p and jitter_on_device(env)):
+        return None
+    return BatchColorJitter(args.color_jitter, args.jitter_p)
 
 
 def derived_seed(*keys):
@@ -110,7 +118,7 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args
     bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                disable=not (env.is_main and args.progress), dynamic_ncols=True, mininterval=1.0)
     trained = False  # whether any micro-batch of the current optimizer step made gradients
-    augment = device_jitter(args)
+    augment = device_jitter(args, env)
     for i, (images, labels, skipped) in enumerate(loader):
         meter.count_skipped(skipped)
         last_micro = (i + 1) % args.update_every == 0

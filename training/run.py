@@ -29,7 +29,15 @@ from networks.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from training.engine import derived_seed, memory_format, require_finite, seed_rng, train_one_epoch, validate
+from training.engine import (
+    derived_seed,
+    jitter_on_device,
+    memory_format,
+    require_finite,
+    seed_rng,
+    train_one_epoch,
+    validate,
+)
 from training.optim import build_optimizer, lr_factor
 from training.options import check_args, check_resume_args
 from utils.distributed import ShardSampler, TrainSampler, main_process_first
@@ -44,11 +52,12 @@ def build_data(args, env, micro_batch):
     with main_process_first(env):  # rank 0 builds the split cache, the others read it
         split = load_gldv2(args.data_root, args.csv, args.split_seed, args.val_fraction, args.cache_dir)
     crop_scale = args.crop_scale if args.random_crop else None
-    if args.pipeline == "fast":  # uint8 crops; the colour jitter and normalisation follow on the device
-        augment = FastTrainCrop(args.imsize, crop_scale, args.hflip)
+    jitter = args.color_jitter if args.jitter else None
+    if args.pipeline == "fast":  # uint8 crops; the normalisation (and on a GPU the colour jitter) on the device
+        augment = FastTrainCrop(args.imsize, crop_scale, args.hflip, color_jitter=None if jitter_on_device(env)
+                                else jitter, jitter_p=args.jitter_p)
     else:
-        augment = train_transform(args.imsize, crop_scale, args.hflip, args.color_jitter if args.jitter else None,
-                                  args.jitter_p)
+        augment = train_transform(args.imsize, crop_scale, args.hflip, jitter, args.jitter_p)
     train_set = LandmarkImages(split.train, split.root, augment)
     val_set = LandmarkImages(split.val, split.root, val_transform(args.imsize))
     sampler = TrainSampler(train_set, env, args.seed, micro_batch * args.update_every)
