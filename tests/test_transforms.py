@@ -145,3 +145,14 @@ def test_loader_benchmark_quick_writes_its_ratio_and_checks(tmp_path):
     assert report["box_check"]["total_variation"]["area_share"] <= report["box_check"]["tolerance"]
     assert report["pixel_check"]["mean_abs_diff_levels"] <= loader_benchmark.PIXEL_TOL
     assert report["eval_resizing"]["same_sizes"]
+
+
+def test_an_unreadable_file_is_skipped_by_the_fast_pipeline(tmp_path, caplog):
+    good = write_jpeg(tmp_path / "good.jpg", 200, 150)
+    (tmp_path / "cut.jpg").write_bytes(good.read_bytes()[:2000])  # a download cut short
+    (tmp_path / "text.jpg").write_text("not an image")
+    dataset = LandmarkImages([("good.jpg", 0), ("cut.jpg", 1), ("text.jpg", 2)], tmp_path, FastTrainCrop(32))
+    assert dataset[0][0].shape == (3, 32, 32)
+    with caplog.at_level("WARNING"):
+        assert dataset[1] is None and dataset[2] is None
+    assert "cut.jpg" in caplog.text and "text.jpg" in caplog.text
