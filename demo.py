@@ -90,7 +90,7 @@ def training_args(recipe, name, progress=True):
              "--batch-size", str(recipe.batch_size), "--optimizer", "adamw", "--lr", str(recipe.lr),
              "--weight-decay", str(recipe.weight_decay), "--schedule", "cosine",
              "--warmup-epochs", str(recipe.warmup_epochs), "--warmup-lr", str(recipe.lr / 100),
-             "--seed", str(recipe.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter",
+             "--seed", str(recipe.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter", "--pipeline", "released",
              *([] if progress else ["--no-progress"])]
     args = parse_args(flags)
     check_args(args, CPU)

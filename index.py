@@ -1,4 +1,4 @@
-"""Retrieval on your own images: index a folder or an image list with a Token checkpoint, add to it, query it.
+"""Retrieval on your own images: index a folder or an image list with any model checkpoint, add to it, query it.
 
     python index.py build --images photos/ --checkpoint R101-Token.pth --index runs/photos
     python index.py add --images new_photos.txt --root /data/archive --index runs/photos
@@ -52,7 +52,7 @@ def _whitening(parser, default_power):
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Retrieval on your own images: build an index of a folder or an "
-                                                 "image list with a Token checkpoint, add images to it, query it, "
+                                                 "image list with a model checkpoint, add images to it, query it, "
                                                  "learn a whitening from it.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -61,8 +61,9 @@ def get_args_parser():
     b = commands.add_parser("build", formatter_class=fmt, help="index the images of a folder or a list (replaces the "
                                                                "index; reuses or resumes its extraction)")
     _images(b)
-    b.add_argument("--checkpoint", required=True, help="Token checkpoint: the authors' R50/R101-Token.pth or one "
-                                                       "written by train.py")
+    b.add_argument("--checkpoint", required=True,
+                   help="any model file test.py reads (Token, a Table 1 baseline, a deep-image-retrieval .pt, one "
+                        "written by train.py) or a released model's name, looked up in models/")
     b.add_argument("--index", required=True, metavar="DIR", help="index folder to write")
     b.add_argument("--imsize", type=int, default=1024, help="longer side of the resized images")
     b.add_argument("--scales", type=float, nargs="+", default=list(SCALES), help="scales of the multi-scale "

@@ -145,6 +145,6 @@ def benchmark_model(checkpoint, seed=0):
     torch.manual_seed(seed)
     model = Token(backbone=FALLBACK_BACKBONE, pretrained=False).eval()
     note = (f"NOTE: checkpoint {checkpoint} not found (python demo.py trains it): using a freshly initialised "
-            f"{FALLBACK_BACKBONE} Token (random weights, seed {seed}, {model.config.out_dim}-d descriptors), "
+            f"{FALLBACK_BACKBONE} Token (random weights, seed {seed}, {model.config.descriptor_dim}-d descriptors), "
             "not a trained model")
     return model, {"checkpoint": None, "fallback": True, "seed": seed, "config": model.config.to_dict(), "note": note}

@@ -149,7 +149,7 @@ def main(argv=None):
     model, info = benchmark_model(args.checkpoint, args.seed)
     print(info["note"])
     model = model.to(device).eval()
-    dim = model.config.out_dim
+    dim = model.config.descriptor_dim
     paths = load_revisitop(world.test_root.parent, world.test_name).db_paths()[:count]
     sets = {"as generated": RevisitopImages(paths, imsize), "two shapes": TwoShapes(paths, imsize)}
     runs = methods(model, dim, device, args)

@@ -318,7 +318,7 @@ def float32_descriptors(checkpoint, world, profile, device, workers):
     model = prepare_model(load_token(checkpoint), torch.device(device))
     images = {"query": RevisitopImages(dataset.query_paths(), settings.imsize, dataset.bbxs()),
               "db": RevisitopImages(dataset.db_paths(), settings.imsize)}
-    return {part: extract(model, found, model.config.out_dim, torch.device(device), settings.scales,
+    return {part: extract(model, found, model.config.descriptor_dim, torch.device(device), settings.scales,
                           settings.batch_size, workers) for part, found in images.items()}
 
 
@@ -392,7 +392,7 @@ def extract_speed_stage(seconds, report, checkpoint, profile, device):
                 raise OutOfTime(f"out of time (before AMP {amp}, batch {batch})")
 
             def run(images, amp=amp, batch=batch):
-                return extract(model, images, model.config.out_dim, torch.device(device), SCALES, batch, 0, amp)
+                return extract(model, images, model.config.descriptor_dim, torch.device(device), SCALES, batch, 0, amp)
 
             run(items[:batch])  # warm-up: kernel choices, allocator
             start = time.perf_counter()

@@ -73,7 +73,7 @@ def real_descriptors(model, info, world, imsize, workers=1, log=print):
     log(f"extracting {total} descriptors of the synthetic world (cached for later runs in {cache})")
     device = torch.device("cpu")
     model = prepare_model(model, device)
-    dim = model.config.out_dim
+    dim = model.config.descriptor_dim
     start = time.perf_counter()
     out = {name: extract(model, images, dim, device, workers=workers) for name, images in sets.items()}
     log(f"extracted in {time.perf_counter() - start:.0f} s")

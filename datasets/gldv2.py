@@ -297,6 +297,9 @@ def val_transform(imsize=512):
 class LandmarkImages(Dataset):
     """(image tensor, label) for (path, label) samples, paths relative to ``root``; None for an unreadable image.
 
+    ``transform`` is called with the image read by ``load_rgb``, or, when it has ``reads_path = True``
+    (``datasets.transforms.FastTrainCrop``), with the file path, to read the file itself.
+
     Paths and labels are held in numpy arrays rather than a list of tuples: DataLoader workers then share
     them without the copy-on-read growth that reference counts cause on Python objects.
     """
@@ -312,12 +315,13 @@ class LandmarkImages(Dataset):
 
     def __getitem__(self, index):
         path = self.root / self.paths[index]
+        reads_path = getattr(self.transform, "reads_path", False)
         try:
-            image = load_rgb(path)
+            image = self.transform(path if reads_path else load_rgb(path))
         except ImageReadError as err:
             log.warning("skipping an unreadable image: %s", err)
             return None
-        return self.transform(image), int(self.labels[index])
+        return image, int(self.labels[index])
 
 
 def collate_skip_bad(batch):

@@ -1,6 +1,7 @@
 """One image reader and one tensor conversion for training and evaluation, so both see the same pixels."""
 
 import struct
+from contextlib import contextmanager
 
 import numpy as np
 import torchvision.transforms as T
@@ -26,27 +27,43 @@ def _to_8bit(img):
     return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
 
 
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+                  struct.error, EOFError, IndexError, ZeroDivisionError)
+
+
+@contextmanager
+def open_image(path):
+    """``Image.open(path)``, not decoded yet (its size and format are read from the header); any decoding fault
+    inside the ``with`` block, or a header claiming more than PIL's decompression-bomb limit of pixels
+    (``Image.MAX_IMAGE_PIXELS`` x 2), raises ``ImageReadError`` naming the file. A corrupt size field would
+    otherwise surface as ``DecompressionBombError``, which is not an ``OSError``."""
+    try:
+        with Image.open(path) as img:
+            yield img
+    except _DECODE_ERRORS as err:
+        raise ImageReadError(f"{path}: cannot read image ({err.__class__.__name__}: {err})") from err
+
+
+def to_rgb(img):
+    """Decode an opened image fully as 8-bit RGB (the conversions of ``load_rgb``)."""
+    img.load()
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        img = _to_8bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
 def load_rgb(path):
     """Read ``path`` as an RGB PIL image in its stored orientation.
 
     Grayscale, palette, CMYK, RGBA (alpha dropped, not composited), 16-bit and float images all come out as
     8-bit RGB. EXIF orientation tags are not applied, as in the reference pipelines: the revisitop query
     boxes are in stored-pixel coordinates, and training reads images the same way. Anything PIL cannot
-    decode fully raises ``ImageReadError`` naming the file, as does one whose header claims more than PIL's
-    decompression-bomb limit of pixels (``Image.MAX_IMAGE_PIXELS`` x 2): a corrupt size field would otherwise
-    surface as ``DecompressionBombError``, which is not an ``OSError``.
+    decode fully raises ``ImageReadError`` naming the file (``open_image``).
     """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                img = _to_8bit(img)
-            if img.mode == "P":
-                img = img.convert("RGBA")
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, struct.error,
-            EOFError, IndexError, ZeroDivisionError) as err:
-        raise ImageReadError(f"{path}: cannot read image ({err.__class__.__name__}: {err})") from err
+    with open_image(path) as img:
+        return to_rgb(img)
 
 
 def to_normalized_tensor():

@@ -187,12 +187,14 @@ def _parse_bbx(bbx, where):
 
 
 def resize_database(img, imsize):
-    """A database image with its longer side brought down to ``imsize``, aspect kept (never upscaled).
+    """A database image with its longer side brought down to ``imsize``, aspect kept (never upscaled); ``imsize``
+    None keeps the original size.
 
     Exactly ``img.thumbnail((imsize, imsize), Image.LANCZOS)`` on a copy, the reference's resizing.
     """
     out = img.copy()
-    out.thumbnail((imsize, imsize), Image.Resampling.LANCZOS)
+    if imsize is not None:
+        out.thumbnail((imsize, imsize), Image.Resampling.LANCZOS)
     return out
 
 
@@ -201,7 +203,8 @@ def resize_query(img, bbx, imsize):
 
     The crop is PIL's ``img.crop(bbx)`` with the float box (PIL rounds each coordinate; parts of the box
     beyond the image come out black), as in the reference. Its longer side is then brought down to
-    ``imsize * crop longer side / full image longer side`` with ``resize_database``'s thumbnail semantics.
+    ``imsize * crop longer side / full image longer side`` with ``resize_database``'s thumbnail semantics
+    (``imsize`` None: the crop at its original size).
 
     A box must overlap the image and be at most twice its width and height (raises ``InputError``): a box
     far larger than its image is a broken ground truth, and its mostly black crop could take any memory.
@@ -213,7 +216,7 @@ def resize_query(img, bbx, imsize):
         raise InputError(f"bbx {tuple(bbx)} is more than twice the width or height of the {img.width}x{img.height} "
                          "query image")
     crop = img.crop(tuple(bbx))
-    return resize_database(crop, imsize * max(crop.size) / max(img.size))
+    return crop if imsize is None else resize_database(crop, imsize * max(crop.size) / max(img.size))
 
 
 class RevisitopImages(torch.utils.data.Dataset):

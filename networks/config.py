@@ -48,6 +48,11 @@ class ModelConfig:
             raise TypeError(f"expected a {cls.__name__} or keywords, got {config!r}")
         return replace(config or cls(), **settings)
 
+    @property
+    def descriptor_dim(self):
+        """Size of the global descriptor that ``forward_test`` returns."""
+        return self.out_dim
+
     def to_dict(self):
         return {"model": self.model, **asdict(self)}
 
@@ -188,17 +193,16 @@ class NetVLADConfig(ModelConfig):
     arcface_margin: float = _setting(0.2, "ArcFace margin m")
     arcface_scale: float = _setting(32.0, "ArcFace scale s")
 
+    @property
+    def descriptor_dim(self):
+        return self.dim
+
     def __post_init__(self):
         super().__post_init__()
         if self.dim % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
         if not (0 <= self.dropout < 1 and 0 <= self.drop_path < 1):
             raise ValueError("dropout and drop_path must lie in [0, 1)")
-
-    @property
-    def out_dim(self):
-        """The descriptor size, d (every config has ``out_dim``)."""
-        return self.dim
 
 
 @dataclass(frozen=True)

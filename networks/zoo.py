@@ -82,7 +82,9 @@ def resolve(name_or_path, models_dir=MODELS_DIR):
     if path.exists():
         return path
     if str(name_or_path) not in RELEASED:
-        raise InputError(f"{name_or_path} not found: expected a checkpoint file or a released model name "
+        if path.suffix or len(path.parts) > 1:  # a path, not a name
+            raise InputError(f"{name_or_path} not found: expected a model checkpoint file")
+        raise InputError(f"{name_or_path} not found: expected a model checkpoint file or a released model name "
                          f"({', '.join(RELEASED)})")
     found = release(str(name_or_path))
     file = Path(models_dir) / found.file

@@ -1,10 +1,12 @@
-"""The evaluation of a Token checkpoint on revisitop-format test sets, as test.py runs it, for any caller.
+"""The evaluation of a model (Token or a Table 1 baseline) on revisitop-format test sets, as test.py runs it, for
+any caller.
 
 Multi-scale descriptors of every query and database image (``retrieval.extract``), kept in a feature store
 (``retrieval.features``); exact, product-quantised or compressed search, alpha-QE and DBA (``retrieval.search``);
 mAP and mP@1,5,10 under the Easy, Medium and Hard protocols (``retrieval.revisited``). The protocol is the one
 of docs/FACTS.md, "Evaluation protocol": database images resized to a longer side of ``imsize``, queries
-cropped to their box first; descriptors averaged over ``scales``; the database ranked by dot product.
+cropped to their box first; descriptors averaged over ``scales``; the database ranked by dot product. Under
+``protocol="dir"`` (deep-image-retrieval's) every image keeps its original size and one scale is used.
 
 A library caller builds an ``EvalSettings`` (the fields are test.py's flags, ``--pq-bits`` as ``pq_bits``, with
 the same defaults) and calls ``evaluate_checkpoint``::
@@ -20,157 +22,27 @@ The report is the dict that test.py writes to ``results.json``. Bad input raises
 (test.py turns it into one line and exit code 2).
 """
 
-import argparse
 import contextlib
 import itertools
 import math
-import os
 import tempfile
 import time
-from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
-from networks import load_model as load_network
+from networks import load_model as load_any_model
 from retrieval import report as html_report
-from retrieval.extract import MAX_SCALE, SCALES, extract_spans, prepare_model
-from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, save_json
+from retrieval.extract import extract_spans, prepare_model
+from retrieval.features import FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
-from retrieval.search import ALPHA, R1M_COMPRESSED, TOP_K, TOP_N, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
-from retrieval.whitening_files import DEFAULT_POWER, check_dim, read_whitening, whiten_rows
+from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
+from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
+from retrieval.whitening_files import chosen_whitening, whiten_rows
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
-from utils.paths import writable_folder
 
-
-@dataclass
-class EvalSettings:
-    """What to evaluate and how: one field per test.py flag, of the same name and default."""
-
-    checkpoint: str  # a model file networks.load_model reads: released (Token, baselines) or written by train.py
-    data_root: str  # the folder holding test/<dataset>/gnd_<dataset>.pkl and test/<dataset>/jpg/
-    datasets: list = field(default_factory=lambda: ["roxford5k", "rparis6k"])
-    r1m: bool = False  # also evaluate each dataset with the R1M distractors added to its database
-    imsize: int = 1024
-    scales: list = field(default_factory=lambda: list(SCALES))
-    batch_size: int = 8
-    workers: int = min(8, os.cpu_count() or 1)
-    device: str = "auto"  # auto, cpu or cuda
-    amp: bool = False
-    pq: int | None = None  # PQ sub-quantisers (None: no PQ search)
-    pq_bits: int = 8
-    ivf: int | None = None  # IVF cells of IVF-PQ (None: flat PQ)
-    nprobe: int = 16
-    qe: bool = False
-    dba: bool = False
-    alpha: float = ALPHA
-    top_n: int = TOP_N
-    whiten_file: str | None = None  # a W.npz: also report exact search of whitened descriptors
-    whiten_power: float = DEFAULT_POWER
-    output_dir: str | None = None  # None: a temporary folder, deleted at the end, and no results.json
-    shard_size: int = SHARD_SIZE
-    progress: bool = True  # progress bars of the extraction
-    report: str | None = None  # an HTML page of the evaluation
-
-
-def get_args_parser():
-    """test.py's command line; ``EvalSettings(**vars(parser.parse_args(argv)))`` gives the settings."""
-    default = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
-               for f in fields(EvalSettings)}
-    parser = argparse.ArgumentParser(description="Evaluate Token on revisited Oxford and Paris, optionally with the "
-                                                 "1M distractors: multi-scale descriptors, exact or product-quantised "
-                                                 "search, alpha-QE and DBA; mAP and mP@1,5,10 under the Easy, Medium "
-                                                 "and Hard protocols.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = parser.add_argument_group("data and model")
-    data.add_argument("--checkpoint", required=True,
-                      help="model file: a Token or a Table 1 baseline, released (R101-Token.pth, R101-RMAC.pth, ...) "
-                           "or written by train.py")
-    data.add_argument("--data-root", required=True,
-                      help="folder holding test/<dataset>/gnd_<dataset>.pkl and test/<dataset>/jpg/ "
-                           "(python -m datasets.download revisitop builds it)")
-    data.add_argument("--datasets", nargs="+", default=default["datasets"],
-                      help="test sets under <data-root>/test/; any set in the revisitop format works")
-    data.add_argument("--r1m", action="store_true",
-                      help="also evaluate each dataset with the 1,001,001 R1M distractors "
-                           "(<data-root>/test/revisitop1m/) added to its database; without --pq, that database is "
-                           "searched exactly and with the compressed index benchmarks/search.py picked")
-    extraction = parser.add_argument_group("extraction")
-    extraction.add_argument("--imsize", type=int, default=default["imsize"],
-                            help="longer side of the resized database images (queries keep their scale in them)")
-    extraction.add_argument("--scales", type=float, nargs="+", default=default["scales"],
-                            help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2); each in "
-                                 f"(0, {MAX_SCALE:g}]")
-    extraction.add_argument("--batch-size", type=int, default=default["batch_size"],
-                            help="images of equal size that go through the model together")
-    extraction.add_argument("--workers", type=int, default=default["workers"],
-                            help="image-loading processes per extraction process")
-    extraction.add_argument("--device", default=default["device"], choices=("auto", "cpu", "cuda"),
-                            help="auto: CUDA when available (one GPU per torchrun process), else CPU")
-    extraction.add_argument("--amp", action="store_true",
-                            help="float16 autocast on CUDA: faster; descriptors differ from float32 by its rounding")
-    search = parser.add_argument_group("search")
-    search.add_argument("--pq", type=int, default=default["pq"], metavar="M",
-                        help="also search with faiss product quantisation: M sub-quantisers (M bytes per image "
-                             "at 8 bits); M must divide the descriptor size")
-    search.add_argument("--pq-bits", type=int, default=default["pq_bits"], help="bits per PQ sub-quantiser code")
-    search.add_argument("--ivf", type=int, default=default["ivf"], metavar="NLIST",
-                        help="with --pq: IVF-PQ with NLIST coarse cells instead of flat PQ (for R1M, e.g. 1024)")
-    search.add_argument("--nprobe", type=int, default=default["nprobe"], help="IVF-PQ: cells visited per query")
-    search.add_argument("--qe", action="store_true", help="also report alpha-QE (query expansion) on exact search")
-    search.add_argument("--dba", action="store_true",
-                        help="also report DBA (database-side augmentation) on exact search; with --qe, DBA + alpha-QE "
-                             "too")
-    search.add_argument("--alpha", type=float, default=default["alpha"], help="alpha of alpha-QE and DBA")
-    search.add_argument("--top-n", type=int, default=default["top_n"], help="neighbours that alpha-QE and DBA add")
-    search.add_argument("--whiten-file", default=default["whiten_file"], metavar="W.npz",
-                        help="also report exact search of descriptors whitened with this PCA whitening (python "
-                             "index.py whiten learns one), as a row of its own: exact+whiten")
-    search.add_argument("--whiten-power", type=float, default=default["whiten_power"], metavar="P",
-                        help="power of --whiten-file: 0.5 full whitening, 0 a plain PCA projection")
-    output = parser.add_argument_group("output")
-    output.add_argument("--output-dir", default=default["output_dir"],
-                        help="keep features/ (reused by a rerun with the same checkpoint and settings, resumed "
-                             "after an interruption) and results.json here; required under torchrun; "
-                             "default: a temporary folder, deleted at the end")
-    output.add_argument("--shard-size", type=int, default=default["shard_size"],
-                        help="images per feature shard: the unit that processes share and an interrupted run "
-                             "resumes from")
-    output.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars (for log files); the one-line reports stay")
-    output.add_argument("--report", default=default["report"], metavar="FILE.html",
-                        help="also write one self-contained HTML page: the mAP table, then every query by its "
-                             "Medium AP, worst first, with its top 10 framed by relevance")
-    return parser
-
-
-def parse_settings(argv=None):
-    """``EvalSettings`` from test.py's command line (``sys.argv[1:]`` when ``argv`` is None)."""
-    return EvalSettings(**vars(get_args_parser().parse_args(argv)))
-
-
-def check_settings(settings, env):
-    """Raise ``InputError`` (naming the flag) for settings that cannot run in ``env``, before any work."""
-    s = settings
-    if s.imsize < 32:
-        raise InputError(f"--imsize must be at least 32, got {s.imsize}")
-    if not s.scales or not all(0 < scale <= MAX_SCALE for scale in s.scales):  # also False for NaN
-        raise InputError(f"--scales: every value must be a number in (0, {MAX_SCALE:g}], got {s.scales}")
-    if s.batch_size < 1 or s.workers < 0 or s.shard_size < 1 or s.top_n < 1 or s.alpha < 0:
-        raise InputError("--batch-size, --shard-size and --top-n must be positive, --workers and --alpha at least 0")
-    if R1M in s.datasets:
-        raise InputError(f"{R1M} has no queries: pass --r1m to add it to the databases of --datasets")
-    if s.pq is not None and (s.pq < 1 or not 1 <= s.pq_bits <= 16):
-        raise InputError("--pq must be positive and --pq-bits between 1 and 16")
-    if s.ivf is not None and (s.pq is None or s.ivf < 1 or not 1 <= s.nprobe <= s.ivf):
-        raise InputError("--ivf NLIST needs --pq M, NLIST positive and --nprobe between 1 and NLIST")
-    if s.amp and env.device.type != "cuda":
-        raise InputError("--amp runs float16 autocast on CUDA; this run is on the CPU")
-    if env.distributed and s.output_dir is None:
-        raise InputError("under torchrun, --output-dir is required: the processes exchange features through it "
-                         "(a folder every process sees)")
-    if s.output_dir is not None:
-        writable_folder(s.output_dir, "--output-dir")
+__all__ = ["EvalSettings", "check_settings", "evaluate_checkpoint", "evaluate_model", "get_args_parser",
+           "load_model", "parse_settings"]
 
 
 @contextlib.contextmanager
@@ -207,10 +79,9 @@ def load_test_sets(settings):
 
 
 def load_model(settings, env):
-    """The checkpoint's model (Token or a Table 1 baseline, ``networks.load_model``), ready for extraction on
-    ``env.device``."""
-    model = prepare_model(load_network(settings.checkpoint), env.device)
-    dim = model.config.out_dim
+    """The checkpoint's model (any that ``networks.load_model`` reads), ready for extraction on ``env.device``."""
+    model = prepare_model(load_any_model(settings.checkpoint, settings.models_dir), env.device)
+    dim = model.config.descriptor_dim
     if settings.pq is not None and dim % settings.pq:
         raise InputError(f"--pq {settings.pq} must divide the descriptor size {dim}")
     return model
@@ -223,7 +94,7 @@ def descriptors(store, model, settings, env, dataset, part):
     paths = dataset.query_paths() if query else dataset.db_paths()
     bbxs = dataset.bbxs() if query else None
     key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths, bbxs)
-    dim = model.config.out_dim
+    dim = model.config.descriptor_dim
 
     def compute(spans, progress):
         return extract_spans(model, RevisitopImages(paths, settings.imsize, bbxs), spans, dim, env.device,
@@ -314,13 +185,16 @@ def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
     to ``output_dir`` after each test set when ``settings.output_dir`` is set). Features are kept under
     ``output_dir/features``. Under torchrun every rank extracts its share; rank 0 alone searches and reports
     (the other ranks return a report without datasets)."""
-    whitening = None if settings.whiten_file is None else check_dim(
-        read_whitening(settings.whiten_file), model.config.out_dim, f"--whiten-file {settings.whiten_file}")
+    whitening = chosen_whitening(model, settings.whiten, settings.whiten_file)
     store = FeatureStore(output_dir / "features", env, settings.progress)
     sections = []
-    report = {"checkpoint": str(settings.checkpoint), "model_config": model.config.to_dict(), "imsize": settings.imsize,
+    report = {"model": model.config.model, "checkpoint": str(settings.checkpoint),
+              "model_config": model.config.to_dict(), "protocol": settings.protocol, "imsize": settings.imsize,
               "scales": settings.scales, "amp": settings.amp, "device": str(env.device),
               "processes": env.world_size, "datasets": {}}
+    if env.is_main:
+        print(f">> {model.__class__.__name__} ({model.config.backbone}, {model.config.descriptor_dim}-d) from "
+              f"{settings.checkpoint}, {settings.protocol} protocol", flush=True)
     if distractors is not None:
         r1m, r1m_ms = descriptors(store, model, settings, env, distractors, "db")
     for dataset in test_sets:
@@ -354,6 +228,7 @@ def evaluate_checkpoint(settings, env=None):
     """
     env = env or DistEnv(0, 1, resolve_device(settings.device))
     check_settings(settings, env)
+    settings = resolve(settings)
     with output_folder(settings.output_dir) as output_dir:
         test_sets, distractors = load_test_sets(settings)
         model = load_model(settings, env)

@@ -26,6 +26,12 @@ SCALES = (1.0, 2 ** 0.5, 2 ** -0.5)
 MAX_SCALE = 4.0  # the largest scale accepted: an image's side times 4 (the protocol's largest is sqrt 2)
 
 
+def check_scales(scales):
+    """Raise ``InputError`` unless ``scales`` is a non-empty list of numbers in (0, MAX_SCALE] (NaN is not)."""
+    if not scales or not all(0 < scale <= MAX_SCALE for scale in scales):
+        raise InputError(f"--scales: every value must be a number in (0, {MAX_SCALE:g}], got {scales}")
+
+
 def rescale(images, scale):
     """``images`` (B, 3, H, W) resized by ``scale`` exactly as the reference resizes them.
 

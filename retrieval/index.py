@@ -24,7 +24,7 @@ well, cropped to their box first when one is given (``datasets.revisitop.resize_
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import faiss
@@ -32,15 +32,15 @@ import numpy as np
 
 from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
-from networks import load_token
+from networks import load_model, zoo
 from networks.whitening import PCAWhitening
-from retrieval.extract import SCALES, extract, extract_spans, prepare_model
+from retrieval.extract import SCALES, check_scales, extract, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
 from retrieval.search import R1M_COMPRESSED, CompressedIndex
 from retrieval.whitening_files import (
     DEFAULT_POWER,
     check_dim,
-    learned_whitening,
+    chosen_whitening,
     read_whitening,
     save_whitening,
     whiten_rows,
@@ -81,12 +81,13 @@ class IndexSettings:
 
 def open_model(checkpoint, device):
     """The model of ``checkpoint`` ready for extraction on ``device``: the one place that loads a model here."""
-    return prepare_model(load_token(checkpoint), device)
+    return prepare_model(load_model(checkpoint), device)
 
 
 def check_settings(s):
-    if s.imsize < 32 or not s.scales or min(s.scales) <= 0:
-        raise InputError("--imsize must be at least 32 and every --scales value positive")
+    if s.imsize < 32:
+        raise InputError(f"--imsize must be at least 32, got {s.imsize}")
+    check_scales(s.scales)
     if s.batch_size < 1 or s.workers < 0 or s.shard_size < 1:
         raise InputError("--batch-size and --shard-size must be positive, --workers at least 0")
     if s.whiten and s.whiten_file:
@@ -97,12 +98,7 @@ def check_settings(s):
 
 def resolve_whitening(settings, model):
     """The ``PCAWhitening`` that ``settings`` ask for (None without one), checked against the model's size."""
-    dim = model.config.out_dim
-    if settings.whiten_file:
-        return check_dim(read_whitening(settings.whiten_file), dim, f"--whiten-file {settings.whiten_file}")
-    if settings.whiten:
-        return check_dim(learned_whitening(model, settings.whiten), dim, f"--whiten {settings.whiten}")
-    return None
+    return chosen_whitening(model, settings.whiten, settings.whiten_file)
 
 
 def _checkpoint_ref(checkpoint):
@@ -115,7 +111,7 @@ def _extract_part(store, model, settings, env, name, paths):
     if env.is_main:
         atomic_write(store.root / f"{name}.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
     key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths)
-    dim = model.config.out_dim
+    dim = model.config.descriptor_dim
     extracted = 0
 
     def compute(spans, progress):
@@ -138,6 +134,7 @@ def build(images, index_dir, settings, env, root=None):
     check_settings(settings)
     if settings.amp and env.device.type != "cuda":
         raise InputError("--amp runs float16 autocast on CUDA; this run is on the CPU")
+    settings = replace(settings, checkpoint=str(zoo.resolve(settings.checkpoint)))  # a released name: its file
     paths = list_images(images, root)
     if not paths:
         raise InputError(f"--images {images}: no files found")
@@ -152,7 +149,7 @@ def build(images, index_dir, settings, env, root=None):
         return None
     _forget_added_parts(index_dir)
     meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": settings.stored(),
-            "dim": model.config.out_dim, "parts": ["collection"]}
+            "dim": model.config.descriptor_dim, "parts": ["collection"]}
     return {**write_index(index_dir, meta, whitening), "extracted": extracted, "seconds": seconds}
 
 

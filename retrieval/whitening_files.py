@@ -58,3 +58,14 @@ def whiten_rows(whitening, x, power):
     for start in range(0, len(x), BLOCK_ROWS):
         out[start:start + BLOCK_ROWS] = whitening(x[start:start + BLOCK_ROWS], power)
     return out
+
+
+def chosen_whitening(model, whiten=None, whiten_file=None):
+    """The whitening that ``--whiten NAME`` (learned, in the checkpoint) or ``--whiten-file W.npz`` names, checked
+    against the model's descriptor size; None when neither is given."""
+    dim = model.config.descriptor_dim
+    if whiten is not None:
+        return check_dim(learned_whitening(model, whiten), dim, f"--whiten {whiten}")
+    if whiten_file is not None:
+        return check_dim(read_whitening(whiten_file), dim, f"--whiten-file {whiten_file}")
+    return None

@@ -4,7 +4,6 @@ code (docs/FACTS.md, "The baselines")."""
 
 import os
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -17,7 +16,13 @@ from networks.netvlad import vlad
 from networks.pooling import rmac, rmac_regions
 from networks.solar import SecondOrderAttention
 from tests.conftest import DATA
-from tests.released import baseline_inputs, baseline_state_dict
+from tests.released import (
+    baseline_inputs,
+    baseline_state_dict,
+    dirtorch_names,
+    fitted_pca,
+    save_deep_image_retrieval,
+)
 from utils.errors import InputError
 
 CLASSES = {"rmac": RMAC, "solar": SOLAR, "delg": DELG, "netvlad": NetVLAD, "apgem": APGeM}
@@ -27,50 +32,6 @@ PARAMETERS = {"rmac": 46_895_168, "solar": 55_292_992, "delg": 47_039_808, "netv
 
 
 # ---------------------------------------------------------------- deep-image-retrieval files, as their code writes them
-
-
-class _PCA:
-    """Stands in for scikit-learn's class when writing a file: pickled under its name with a fitted PCA's state."""
-
-
-_PCA.__module__, _PCA.__qualname__, _PCA.__name__ = "sklearn.decomposition._pca", "PCA", "PCA"
-
-
-def fitted_pca(x):
-    """A ``PCA(whiten=True).fit(x)``'s attributes (scikit-learn 1.x names), computed here with numpy."""
-    mean = x.mean(axis=0)
-    _, sing, vt = np.linalg.svd(x - mean, full_matrices=False)
-    pca = _PCA()
-    variance = sing**2 / (len(x) - 1)
-    pca.__dict__.update(
-        n_components=None, copy=True, whiten=True, svd_solver="auto", tol=0.0, iterated_power="auto",
-        n_oversamples=10, power_iteration_normalizer="auto", random_state=None, n_features_in_=x.shape[1],
-        _fit_svd_solver="full", mean_=mean, n_samples_=len(x), noise_variance_=np.float64(0.0), n_components_=len(sing),
-        components_=vt, explained_variance_=variance, explained_variance_ratio_=variance / variance.sum(),
-        singular_values_=sing, _sklearn_version="1.9.1")
-    return pca
-
-
-def save_deep_image_retrieval(path, state, pca, monkeypatch, legacy=False):
-    """``torch.save`` of the dict their training writes (``legacy``: in the format of torch < 1.6, as the released
-    files are); the fake scikit-learn modules exist only while pickling."""
-    with monkeypatch.context() as m:
-        for name in ("sklearn", "sklearn.decomposition", "sklearn.decomposition._pca"):
-            m.setitem(sys.modules, name, types.ModuleType(name))
-        sys.modules["sklearn.decomposition._pca"].PCA = _PCA
-        torch.save({"model_options": {"arch": "resnet101_rmac", "out_dim": 2048, "pooling": "gem", "gemp": 3,
-                                      "without_fc": False},
-                    "state_dict": state, "preprocess": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-                    "pca": {"Landmarks_clean": pca}}, path, _use_new_zipfile_serialization=not legacy)
-    assert "sklearn" not in sys.modules
-
-
-def dirtorch_names(model):
-    """An APGeM's state_dict in deep-image-retrieval's names (no ``backbone.``, ``adpool.p`` of shape (1,))."""
-    state = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if not k.startswith("arcface.")}
-    if "pool.p" in state:
-        state["adpool.p"] = state.pop("pool.p").reshape(1)
-    return state
 
 
 # ---------------------------------------------------------------- parity with the released code

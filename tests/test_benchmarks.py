@@ -14,7 +14,9 @@ from benchmarks import search as search_benchmark
 from benchmarks.common import table, write_json
 from retrieval.revisited import PROTOCOLS
 from retrieval.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, principal_directions
-from tests.test_test import one_thread, run_test, write_checkpoint, write_mini_set, write_r1m  # noqa: F401 (autouse)
+from tests.test_test import run_test, write_checkpoint, write_mini_set, write_r1m
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unit_rows(n, d, seed, rank=None):

@@ -121,7 +121,9 @@ def test_resolve_a_path_a_name_or_says_how_to_fetch_it(tmp_path):
         f"{tmp_path / 'Resnet101-AP-GeM.pt'} not found: expected the released R101-AP-GeM checkpoint from "
         "https://drive.google.com/file/d/1UWJGDuHtzaQdFhSMojoYVQjmCXhIwVvy/view; fetch it with: "
         f"python -m datasets.download models R101-AP-GeM --dest {tmp_path}")
-    with pytest.raises(InputError, match="nothing.pth not found: expected a checkpoint file or a released model "
-                                         "name .*R101-HOW"):
+    with pytest.raises(InputError, match="nothing.pth not found: expected a model checkpoint file$"):
         zoo.resolve(tmp_path / "nothing.pth", tmp_path)
+    with pytest.raises(InputError, match="R101-Tokn not found: expected a model checkpoint file or a released model "
+                                         "name .*R101-HOW"):
+        zoo.resolve("R101-Tokn", tmp_path)
     assert {r.model for r in zoo.RELEASES if r.name == "R101-HOW"} == {None}

@@ -32,12 +32,7 @@ BUILD = ["--imsize", "64", *RUN]
 IMAGES = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_images(folder, count, seed=0, prefix="img"):

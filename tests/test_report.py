@@ -8,7 +8,6 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-import torch
 
 from networks.whitening import PCAWhitening
 from retrieval.revisited import PROTOCOLS, revisited_map
@@ -18,12 +17,7 @@ from tests.test_test import DIM, R1M_IMAGES, run_test, write_checkpoint, write_m
 POWER = 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Page(HTMLParser):

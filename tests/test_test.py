@@ -83,13 +83,7 @@ def write_r1m(data_root, count=R1M_IMAGES, seed=1):
     return folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning threads per process cost 50x in wall time."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_token():
@@ -271,7 +265,7 @@ def test_without_output_dir_nothing_is_kept(setup, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("case,message", [
     ("no_root", "not found: expected the layout"),
-    ("no_checkpoint", "not found: expected a checkpoint file or a released model name"),
+    ("no_checkpoint", "missing.pth not found: expected a model checkpoint file"),
     ("missing_image", "1 image(s) missing"),
     ("pq_not_dividing", "--pq 5 must divide the descriptor size 32"),
     ("pq_too_few", "needs at least 256 database images"),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.distributed import ReduceOp
 from tqdm import tqdm
 
+from datasets.transforms import BatchColorJitter, normalize, to_unit
 from utils.distributed import all_reduce, broadcast_buffers
 from utils.metrics import StepMeter
 
@@ -25,6 +26,32 @@ class Diverged(RuntimeError):
 
 def memory_format(device):
     return torch.channels_last if device.type == "cuda" else torch.preserve_format
+
+
+def to_device(images, env, augment=None):
+    """A batch on ``env.device`` in its memory format. A uint8 batch (``--pipeline fast``) is made float there,
+    augmented by ``augment`` (the colour jitter) and ImageNet-normalised; a float batch (``--pipeline released``,
+    val) arrives normalised by the loader."""
+    images = images.to(env.device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = to_unit(images)
+        if augment is not None:
+            images = augment(images)
+        images = normalize(images)
+    return images.to(memory_format=memory_format(env.device))
+
+
+def jitter_on_device(env):
+    """Whether the fast pipeline leaves the colour jitter to the device: on a GPU. On the CPU, PIL's 8-bit jitter
+    in the loader processes costs less than the batch jitter (README, "Speed and memory")."""
+    return env.device.type == "cuda"
+
+
+def device_jitter(args, env):
+    """The colour jitter the fast pipeline leaves to the device, or None (off, or done in the loader)."""
+    if not (args.jitter and args.jitter_p and jitter_on_device(env)):
+        return None
+    return BatchColorJitter(args.color_jitter, args.jitter_p)
 
 
 def derived_seed(*keys):
@@ -48,7 +75,7 @@ def require_finite(model, step):
         raise Diverged(f"the weights are not finite after step {step}")
 
 
-def forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step):
+def forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step, augment=None):
     """One micro-batch of optimizer step ``step``: forward, scaled backward. Returns whether gradients were made.
 
     A batch left with fewer than two readable images is skipped; under DDP the other ranks wait for this one's
@@ -63,7 +90,7 @@ def forward_backward(model, ddp_model, images, labels, scaler, meter, args, env,
             return False
         images = torch.zeros(MIN_BATCH, 3, args.imsize, args.imsize)
         labels = torch.zeros(MIN_BATCH, dtype=torch.int64)
-    images = images.to(env.device, non_blocking=True, memory_format=memory_format(env.device))
+    images = to_device(images, env, augment)
     labels = labels.to(env.device, non_blocking=True)
     with torch.autocast(env.device.type, dtype=AMP_DTYPES[args.amp], enabled=args.amp != "none"):
         loss, _ = ddp_model(images, labels)
@@ -95,11 +122,13 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args
     bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                disable=not (env.is_main and args.progress), dynamic_ncols=True, mininterval=1.0)
     trained = False  # whether any micro-batch of the current optimizer step made gradients
+    augment = device_jitter(args, env)
     for i, (images, labels, skipped) in enumerate(loader):
         meter.count_skipped(skipped)
         last_micro = (i + 1) % args.update_every == 0
         with ddp_model.no_sync() if env.distributed and not last_micro else nullcontext():
-            trained |= forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step + 1)
+            trained |= forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step + 1,
+                                        augment)
         if not last_micro:
             continue
         if trained:
@@ -148,7 +177,7 @@ def validate(model, loader, args, env):
         images_seen += len(labels)
         if not len(labels):
             continue
-        images = images.to(env.device, non_blocking=True, memory_format=memory_format(env.device))
+        images = to_device(images, env)
         labels = labels.to(env.device, non_blocking=True)
         with torch.autocast(env.device.type, dtype=AMP_DTYPES[args.amp], enabled=args.amp != "none"):
             descriptors = model.forward_test(images)

@@ -68,6 +68,11 @@ def get_args_parser(model="token"):
                      metavar=("B", "C", "S", "H"), help="colour jitter: brightness, contrast, saturation, hue")
     aug.add_argument("--jitter-p", type=float, default=0.8, help="probability of applying the colour jitter")
     aug.add_argument("--no-color-jitter", dest="jitter", action="store_false", help="no colour jitter")
+    aug.add_argument("--pipeline", default="fast", choices=("fast", "released"),
+                     help="fast: loader processes size the crop from the JPEG header, decode large crops at a reduced "
+                          "scale and send uint8 crops, normalised on the device; the colour jitter runs on the batch "
+                          "on a GPU, in the loader on the CPU (README, Speed and memory). released: the released "
+                          "torchvision transforms, all in the loader processes")
 
     group = parser.add_argument_group(f"model: {model} ({first_line(CONFIGS[model].__doc__)})")
     model_flag(group, model)
