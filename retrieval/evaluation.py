@@ -228,8 +228,8 @@ def evaluate_checkpoint(settings, env=None):
     """
     env = env or DistEnv(0, 1, resolve_device(settings.device))
     check_settings(settings, env)
-    settings = resolve(settings)
     with output_folder(settings.output_dir) as output_dir:
         test_sets, distractors = load_test_sets(settings)
+        settings = resolve(settings)  # the checkpoint's file, once the data is known to be there
         model = load_model(settings, env)
         return evaluate_model(settings, env, model, test_sets, distractors, output_dir)

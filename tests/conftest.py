@@ -1,3 +1,4 @@
+import signal
 import sys
 from pathlib import Path
 
@@ -7,6 +8,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / "tests" / "data"  # key lists and golden descriptors of the released models (docs/FACTS.md)
+
+# A shell without job control starts background commands (`make test &`) with SIGINT ignored, and every process
+# inherits that: the Ctrl-C tests need the default, a KeyboardInterrupt, in this process and in its children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
