@@ -3,11 +3,12 @@
 1. generate the synthetic world under --data-root (GLDv2-clean-format training set, revisitop-format test set
    ``synthetic``), in the same layout as the real data;
 2. train a small Token (resnet18 trunk, small images, from scratch) and a GeM baseline the same way, and evaluate
-   an untrained Token: the three jobs run side by side in --jobs processes of one thread each;
+   an untrained Token (the default --models; the Table 1 baselines rmac, solar, delg, netvlad and apgem train the
+   same way when named): the jobs run side by side in --jobs processes of one thread each;
 3. evaluate each on the ``synthetic`` test set as test.py does (exact search, mAP Easy / Medium / Hard);
-4. print the table and draw the figures (training curves, retrievals, attention maps).
+4. print the table and draw the figures (training curves, retrievals, attention maps) of the trained Token.
 
-The recipe (world size, model, schedule) is ``training.recipes.DEMO``; ``--quick`` runs ``QUICK``, the tiny
+The recipe (world size, models, schedule) is ``training.recipes.DEMO``; ``--quick`` runs ``QUICK``, the tiny
 version CI runs. Every job computes on one thread, so the table does not depend on --jobs; it does depend on the
 CPU's kernels (AVX2 or AVX-512), so another machine prints other numbers. Everything lands in --run-dir:
 ``results.json`` (the table), per model ``last.pth``, ``metrics.csv``, ``eval/results.json`` and
@@ -27,14 +28,13 @@ from pathlib import Path
 import torch
 
 from datasets.synthetic import ensure_generated
-from networks import Token, TokenConfig, load_token
+from networks import build_model, load_token
 from networks.checkpoint import model_state, save_checkpoint
 from retrieval.evaluation import EvalSettings, evaluate_checkpoint
 from retrieval.features import save_json
 from retrieval.figures import plot_attention, plot_retrievals
 from retrieval.revisited import PROTOCOLS
-from training.options import check_args
-from training.options import get_args_parser as train_parser
+from training.options import check_args, parse_args
 from training.recipes import DEMO, QUICK
 from training.run import train
 from utils.distributed import DistEnv
@@ -42,9 +42,11 @@ from utils.errors import InputError, fail_cleanly
 from utils.metrics import plot_training_curves
 from utils.paths import writable_folder
 
-# table row -> (folder under --run-dir, aggregation of the trained model; None: the untrained Token)
-MODELS = {"untrained Token": ("untrained", None), "trained Token": ("token", "tokens"),
-          "trained GeM baseline": ("gem", "gem")}
+# --models name (also its folder under --run-dir) -> its row of the table, in the table's order
+ROWS = {"untrained": "untrained Token", "token": "trained Token", "gem": "trained GeM baseline",
+        "rmac": "trained R-MAC", "solar": "trained SOLAR", "delg": "trained DELG", "netvlad": "trained NetVLAD",
+        "apgem": "trained AP-GeM"}
+DEFAULT_MODELS = ("token", "gem", "untrained")
 CPU = DistEnv(0, 1, torch.device("cpu"))
 
 
@@ -61,8 +63,12 @@ def get_args_parser():
     parser.add_argument("--seed", type=int, default=DEMO.seed, help="seed of the world and of every model")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"training epochs of each model (default: the recipe's, {DEMO.epochs})")
+    parser.add_argument("--models", nargs="+", choices=tuple(ROWS), default=list(DEFAULT_MODELS), metavar="NAME",
+                        help="what to train and evaluate: token, gem (Token with GeM pooling, Table 3), untrained "
+                             "(a Token evaluated at its initialisation), and the Table 1 baselines rmac, solar, "
+                             f"delg, netvlad, apgem (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                        help="processes that run the three models side by side, one thread each")
+                        help="processes that run the models side by side, one thread each")
     parser.add_argument("--figures-dir", default=None,
                         help="also copy the figures here (the README's Figure/ is made with --figures-dir Figure)")
     return parser
@@ -75,22 +81,18 @@ def recipe_of(args):
     return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
 
 
-def model_config(recipe, aggregation):
-    return TokenConfig(**recipe.model, aggregation=aggregation)
-
-
 def training_args(recipe, name, progress=True):
     """train.py's flags for the demo's model ``name``, parsed and checked (before any work is done)."""
-    folder, aggregation = MODELS[name]
-    flags = [*model_config(recipe, aggregation).as_flags(), "--data-root", recipe.data_root,
-             "--output-dir", str(Path(recipe.run_dir) / folder), "--no-pretrained", "--device", "cpu",
+    config = recipe.config(name)
+    flags = ["--model", config.model, *config.as_flags(), "--data-root", recipe.data_root,
+             "--output-dir", str(Path(recipe.run_dir) / name), "--no-pretrained", "--device", "cpu",
              "--workers", "0", "--imsize", str(recipe.imsize), "--epochs", str(recipe.epochs),
              "--batch-size", str(recipe.batch_size), "--optimizer", "adamw", "--lr", str(recipe.lr),
              "--weight-decay", str(recipe.weight_decay), "--schedule", "cosine",
              "--warmup-epochs", str(recipe.warmup_epochs), "--warmup-lr", str(recipe.lr / 100),
              "--seed", str(recipe.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter", "--pipeline", "released",
              *([] if progress else ["--no-progress"])]
-    args = train_parser().parse_args(flags)
+    args = parse_args(flags)
     check_args(args, CPU)
     return args
 
@@ -99,15 +101,14 @@ def run_model(recipe, name, progress):
     """Train (or initialise) the model ``name`` and evaluate it, with progress bars or (side by side with other
     jobs) a log line per epoch: its row of the table and the figures it drew (the trained Token's)."""
     torch.set_num_threads(1)
-    folder, aggregation = MODELS[name]
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s", datefmt="%H:%M:%S",
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{ROWS[name]}] %(message)s", datefmt="%H:%M:%S",
                         force=True)
-    if aggregation is None:
-        out = Path(recipe.run_dir) / folder
+    if name == "untrained":
+        out = Path(recipe.run_dir) / name
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(recipe.seed)
         checkpoint = out / "checkpoint.pth"
-        save_checkpoint(model_state(Token(model_config(recipe, "tokens"), pretrained=False)), checkpoint)
+        save_checkpoint(model_state(build_model(recipe.config(name), pretrained=False)), checkpoint)
     else:
         args = training_args(recipe, name, progress)
         train(args, CPU)
@@ -117,20 +118,21 @@ def run_model(recipe, name, progress):
                             progress=progress)
     exact = evaluate_checkpoint(settings, CPU)["datasets"]["synthetic"]["runs"]["exact"]
     logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
-    drawn = figures(recipe) if name == "trained Token" else []  # while the other worker finishes
+    drawn = figures(recipe) if name == "token" else []  # while the other worker finishes
     return {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}, drawn
 
 
-def run_models(recipe, jobs):
-    """The table's rows, in MODELS order, and the figures drawn; the two trainings start first."""
-    order = sorted(MODELS, key=lambda name: MODELS[name][1] is None)
+def run_models(recipe, names, jobs):
+    """The table's rows of the models ``names``, in ROWS order, and the figures drawn; the trainings start first."""
+    names = [name for name in ROWS if name in names]
+    order = sorted(names, key=lambda name: name == "untrained")
     if jobs == 1:
         rows = {name: run_model(recipe, name, True) for name in order}
     else:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {name: pool.submit(run_model, recipe, name, False) for name in order}
             rows = {name: future.result() for name, future in futures.items()}
-    return {name: rows[name][0] for name in MODELS}, [png for name in MODELS for png in rows[name][1]]
+    return {ROWS[name]: rows[name][0] for name in names}, [png for name in names for png in rows[name][1]]
 
 
 def table(rows):
@@ -141,7 +143,7 @@ def table(rows):
 
 def figures(recipe):
     """The trained Token's training curves, top retrievals and attention maps; the paths of the PNGs written."""
-    token = Path(recipe.run_dir) / MODELS["trained Token"][0]
+    token = Path(recipe.run_dir) / "token"
     out = Path(recipe.run_dir) / "figures"
     queries = sorted((Path(recipe.data_root) / "test" / "synthetic" / "jpg").glob("query_*.jpg"))[:3]
     written = [plot_training_curves(token / "metrics.csv", out / "training_curves.png"),
@@ -156,8 +158,8 @@ def main(argv=None):
     if args.jobs < 1:
         raise InputError(f"--jobs {args.jobs}: at least 1")
     recipe = recipe_of(args)
-    for name, (_, aggregation) in MODELS.items():  # bad settings stop here, before minutes of work
-        if aggregation:
+    for name in args.models:  # bad settings stop here, before minutes of work
+        if name != "untrained":
             training_args(recipe, name)
     writable_folder(recipe.data_root, "--data-root")
     writable_folder(recipe.run_dir, "--run-dir")
@@ -165,14 +167,15 @@ def main(argv=None):
         writable_folder(args.figures_dir, "--figures-dir")
     start = time.time()
     ensure_generated(recipe.data_root, seed=recipe.seed, **recipe.world)
-    rows, written = run_models(recipe, args.jobs)
+    rows, written = run_models(recipe, args.models, args.jobs)
     if args.figures_dir:
         Path(args.figures_dir).mkdir(parents=True, exist_ok=True)
         written += [Path(shutil.copy(png, Path(args.figures_dir) / png.name)) for png in list(written)]
     minutes = (time.time() - start) / 60
     print(f"\nmAP (%) on the synthetic benchmark, {minutes:.1f} min with {args.jobs} process(es) of one thread\n")
     print(table(rows))
-    summary = {"mAP": rows, "minutes": minutes, "jobs": args.jobs, "recipe": recipe.__dict__}
+    summary = {"mAP": rows, "minutes": minutes, "jobs": args.jobs,
+               "models": [name for name in ROWS if name in args.models], "recipe": recipe.__dict__}
     save_json(Path(recipe.run_dir) / "results.json", summary)
     print("\nwrote " + ", ".join(map(str, [Path(recipe.run_dir) / "results.json", *written])))
     return summary

@@ -1,8 +1,10 @@
-"""Train Token on GLDv2-clean with ArcFace, in one process or one process per GPU under torchrun.
+"""Train Token (or a Table 1 baseline, --model) on GLDv2-clean with ArcFace, in one process or one process per GPU
+under torchrun.
 
     python train.py --data-root data --output-dir runs/token     # data/Google-landmark-v2/train_clean.csv ...
     torchrun --nproc_per_node 4 train.py --data-root data --output-dir runs/token
     sh experiment.sh   # the paper's recipe: 4 GPUs, global batch 128, 512 px crops, 30 epochs, ResNet-101
+    python train.py --model delg --help   # a baseline: rmac, solar, delg, netvlad, apgem, and its model flags
 
 Every epoch: train, then the val split's loss and top-1/top-5 error; a row in metrics.csv, the plot
 training_curves.png, last.pth, and best.pth when the val top-1 error is the lowest so far (training/run.py).
@@ -17,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from networks.checkpoint import LAST
 from training.engine import Diverged
-from training.options import get_args_parser
+from training.options import parse_args
 from training.run import train
 from utils.distributed import cleanup, init_distributed
 from utils.errors import fail_cleanly
@@ -27,7 +29,7 @@ EXIT_DIVERGED = 3
 
 @fail_cleanly
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = parse_args(argv)
     env = init_distributed(args.device)
     rank = f"[rank {env.rank}] " if env.distributed else ""
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,

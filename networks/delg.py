@@ -40,8 +40,11 @@ class DELG(ArcFaceModel):
     """``DELG(config)`` or ``DELG(backbone="resnet50", ...)``; ``num_classes`` / ``pretrained`` as for Token.
 
     ``forward(images, labels)`` returns (the sum of both cross-entropies, the global head's margin logits) and
-    keeps the two parts, detached, in ``self.loss_parts`` (``{"global": ..., "local": ...}``) for the training log.
+    keeps the two parts, detached, in ``self.loss_parts`` (``{"global": ..., "local": ...}``, the names
+    ``loss_part_names``) for the training log.
     """
+
+    loss_part_names = ("global", "local")
 
     def __init__(self, config=None, /, *, num_classes=None, pretrained=True, backbone_weights=None, **settings):
         super().__init__()

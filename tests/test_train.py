@@ -25,11 +25,13 @@ from networks.checkpoint import load_training_state, save_checkpoint
 from tests.conftest import ROOT
 from training.engine import validate
 from training.optim import lr_factor
+from training.options import get_args_parser
 from utils.distributed import DistEnv, ShardSampler, TrainSampler
 from utils.metrics import read_metrics
 
-TINY = ["--backbone", "resnet18", "--dim", "64", "--out-dim", "64", "--imsize", "64", "--no-pretrained",
-        "--workers", "0", "--log-every", "2", "--batch-size", "4"]
+COMMON = ["--backbone", "resnet18", "--imsize", "64", "--no-pretrained", "--workers", "0", "--log-every", "2",
+          "--batch-size", "4"]
+TINY = [*COMMON, "--dim", "64", "--out-dim", "64"]
 STEPS_PER_EPOCH = 6  # SMALL_SET: 25 train images, whole batches of 4
 
 
@@ -90,7 +92,7 @@ def kill_after_saving(monkeypatch, step):
 def test_help_mentions_every_flag():
     result = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                             check=True)
-    flags = [flag for action in train.get_args_parser()._actions for flag in action.option_strings]
+    flags = [flag for action in get_args_parser()._actions for flag in action.option_strings]
     assert len(flags) > 40
     assert [flag for flag in flags if flag not in result.stdout] == []
 
@@ -115,7 +117,7 @@ def test_data_root_or_the_gldv2_folder_itself_is_accepted_and_logged(tmp_path, c
 
     caplog.clear()
     env = DistEnv(0, 1, torch.device("cpu"))
-    args = train.get_args_parser().parse_args([*TINY, "--data-root", str(gldv2_root), "--output-dir", str(tmp_path)])
+    args = get_args_parser().parse_args([*TINY, "--data-root", str(gldv2_root), "--output-dir", str(tmp_path)])
     split, train_loader, _ = training.run.build_data(args, env, 4)
     assert f"GLDv2 folder: {gldv2_root} ({gldv2_root} taken as the GLDv2 folder itself)" in caplog.text
     assert split.root == gldv2_root and train_loader.dataset.root == gldv2_root
@@ -133,7 +135,7 @@ def test_neither_data_root_nor_gldv2_folder_names_both_paths(tmp_path, capsys):
 
 
 def test_data_root_defaults_to_data_as_test_py():
-    assert train.get_args_parser().get_default("data_root") == "data"
+    assert get_args_parser().get_default("data_root") == "data"
 
 
 def test_two_processes_under_torchrun_train_and_evaluate_every_val_image_once(data, tmp_path):
@@ -155,7 +157,7 @@ def test_two_processes_under_torchrun_train_and_evaluate_every_val_image_once(da
     model = load_token(out / "last.pth")
     split = load_gldv2(data)
     loader = DataLoader(LandmarkImages(split.val, data, val_transform(64)), batch_size=3, collate_fn=collate_skip_bad)
-    args = train.get_args_parser().parse_args(TINY)
+    args = get_args_parser().parse_args(TINY)
     alone = validate(model, loader, args, DistEnv(0, 1, torch.device("cpu")))
     for key in ("val_loss", "val_top1_err", "val_top5_err"):
         assert float(row[key]) == pytest.approx(alone[key], rel=1e-4, abs=1e-4), key

@@ -75,11 +75,13 @@ def require_finite(model, step):
         raise Diverged(f"the weights are not finite after step {step}")
 
 
-def forward_backward(ddp_model, images, labels, scaler, meter, args, env, step, augment=None):
+def forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step, augment=None):
     """One micro-batch of optimizer step ``step``: forward, scaled backward. Returns whether gradients were made.
 
     A batch left with fewer than two readable images is skipped; under DDP the other ranks wait for this one's
-    gradients, so it takes part with a blank batch whose loss is multiplied by 0.
+    gradients, so it takes part with a blank batch whose loss is multiplied by 0. A model whose loss has parts
+    (DELG's global and local heads) names them in ``model.loss_part_names`` and keeps their values of the last
+    forward in ``model.loss_parts``; the meter logs them beside the loss.
     """
     usable = len(labels) >= MIN_BATCH
     if not usable:
@@ -93,7 +95,7 @@ def forward_backward(ddp_model, images, labels, scaler, meter, args, env, step, 
     with torch.autocast(env.device.type, dtype=AMP_DTYPES[args.amp], enabled=args.amp != "none"):
         loss, _ = ddp_model(images, labels)
     if usable:
-        meter.update(loss, len(labels), step)
+        meter.update(loss, len(labels), step, getattr(model, "loss_parts", None))
     scaler.scale(loss * (float(usable) / args.update_every)).backward()
     return True
 
@@ -115,7 +117,7 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args
     totals)`` receives the sums so far at each mid-epoch save.
     """
     ddp_model.train()
-    meter = StepMeter(env.device, totals)
+    meter = StepMeter(env.device, totals, getattr(model, "loss_part_names", ()))
     end = (epoch + 1) * steps_per_epoch
     bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                disable=not (env.is_main and args.progress), dynamic_ncols=True, mininterval=1.0)
@@ -125,7 +127,8 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args
         meter.count_skipped(skipped)
         last_micro = (i + 1) % args.update_every == 0
         with ddp_model.no_sync() if env.distributed and not last_micro else nullcontext():
-            trained |= forward_backward(ddp_model, images, labels, scaler, meter, args, env, step + 1, augment)
+            trained |= forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step + 1,
+                                        augment)
         if not last_micro:
             continue
         if trained:
@@ -151,7 +154,8 @@ def sync_and_check(meter, bar, optimizer):
     if window["first_bad_step"] is not None:
         raise Diverged(f"the loss is not finite (NaN or inf) at step {window['first_bad_step']}")
     if not math.isnan(window["loss"]):
-        bar.set_postfix(loss=f"{window['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}",
+        parts = {name: f"{loss:.4f}" for name, loss in window["parts"].items()}
+        bar.set_postfix(loss=f"{window['loss']:.4f}", **parts, lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                         img_s=f"{window['images_per_s']:.1f}")
 
 

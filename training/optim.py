@@ -6,9 +6,10 @@ import torch
 
 
 def build_optimizer(model, args):
-    """SGD or AdamW (decoupled decay); weight decay on weight matrices, kernels, token queries and class weights,
-    not on 1-d parameters (biases, BatchNorm/LayerNorm weights)."""
-    params = list(model.parameters())
+    """SGD or AdamW (decoupled decay) over the parameters that train (a frozen trunk's, such as NetVLAD's, are left
+    out); weight decay on weight matrices, kernels, token queries and class weights, not on 1-d parameters
+    (biases, BatchNorm/LayerNorm weights)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim > 1]},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if args.optimizer == "adamw":

@@ -1,11 +1,16 @@
-"""train.py's flags and their checks: the model flags come from ``TokenConfig``, the rest is the training recipe
-(docs/FACTS.md, "Training recipe")."""
+"""train.py's flags and their checks: ``--model`` picks the model (Token or a Table 1 baseline), whose config
+(``networks.config.CONFIGS``) gives the model flags; the rest is the training recipe, the same for every model
+(docs/FACTS.md, "Training recipe").
+
+The model flags are those of the chosen model only: ``train.py --help`` lists Token's, ``train.py --model rmac
+--help`` R-MAC's (``parse_args`` reads ``--model`` first, then parses with that model's parser).
+"""
 
 import argparse
 import math
 import os
 
-from networks.config import TokenConfig
+from networks.config import CONFIGS
 from training.engine import AMP_DTYPES, MIN_BATCH
 from utils import checks
 from utils.errors import InputError
@@ -23,9 +28,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.nargs == 0 or action.default is None else super()._get_help_string(action)
 
 
-def get_args_parser():
-    parser = argparse.ArgumentParser(description="Train Token on GLDv2-clean with ArcFace, in one process or one "
-                                     "process per GPU under torchrun.", formatter_class=HelpFormatter)
+def first_line(text):
+    return text.strip().splitlines()[0].rstrip(".")
+
+
+def model_flag(parser, default="token"):
+    return parser.add_argument("--model", default=default, choices=tuple(CONFIGS),
+                               help="the model to train: Token or a Table 1 baseline; the model flags below are "
+                                    "this model's, `--model NAME --help` lists another's")
+
+
+def get_args_parser(model="token"):
+    """train.py's parser, with the model flags of ``model`` (a name of ``CONFIGS``)."""
+    parser = argparse.ArgumentParser(description="Train Token or a Table 1 baseline on GLDv2-clean with ArcFace, in "
+                                     "one process or one process per GPU under torchrun.",
+                                     formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", default="data",
                       help="data root holding Google-landmark-v2/ (train_clean.csv or train.csv, images at "
@@ -57,10 +74,12 @@ def get_args_parser():
                           "on a GPU, in the loader on the CPU (README, Speed and memory). released: the released "
                           "torchvision transforms, all in the loader processes")
 
-    model = TokenConfig.add_arguments(parser.add_argument_group("model (the ablations of the paper's Tables 3-6)"))
-    model.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+    group = parser.add_argument_group(f"model: {model} ({first_line(CONFIGS[model].__doc__)})")
+    model_flag(group, model)
+    CONFIGS[model].add_arguments(group)
+    group.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                        help="random backbone instead of ImageNet weights")
-    model.add_argument("--backbone-weights", metavar="PATH", default=None,
+    group.add_argument("--backbone-weights", metavar="PATH", default=None,
                        help="ImageNet weights file of the backbone (default: torchvision's, from the hub cache)")
 
     optim = parser.add_argument_group("optimisation")
@@ -103,6 +122,19 @@ def get_args_parser():
     return parser
 
 
+def parse_args(argv=None):
+    """train.py's flags: ``--model`` first (default token), then everything with that model's parser."""
+    known = argparse.ArgumentParser(add_help=False)
+    model_flag(known)
+    chosen, _ = known.parse_known_args(argv)
+    return get_args_parser(chosen.model).parse_args(argv)
+
+
+def model_config(args):
+    """The config of the model that train.py's parsed flags describe; ``ValueError`` for settings it refuses."""
+    return CONFIGS[args.model].from_args(args)
+
+
 def check_args(args, env):
     """Raise an InputError naming the flag for settings that cannot run, before any work; return the micro-batch
     each rank loads."""
@@ -132,7 +164,7 @@ def check_args(args, env):
     if args.nesterov and args.momentum <= 0:
         raise InputError("Nesterov momentum needs --momentum > 0 (or pass --no-nesterov)")
     try:
-        TokenConfig.from_args(args)
+        model_config(args)
     except ValueError as err:
         raise InputError(f"model settings: {err}") from None
     return args.batch_size // share
@@ -147,9 +179,14 @@ def check_paths(args):
 
 def check_resume_args(resumed, current, path):
     """The run's settings must be the checkpoint's (its ``args`` and ``model_config``), but for
-    MAY_CHANGE_ON_RESUME. A setting the checkpoint does not record (a flag added after it was written, such as
-    --optimizer) counts as that flag's default."""
-    saved = {**vars(get_args_parser().parse_args([])), **resumed["args"], **resumed["model_config"]}
+    MAY_CHANGE_ON_RESUME. A checkpoint of another model is refused first, naming both. A setting the checkpoint does
+    not record (a flag added after it was written, such as --optimizer; ``model``, before the baselines) counts as
+    that flag's default."""
+    model = resumed["model_config"].get("model", "token")
+    if model != current["model"]:
+        raise InputError(f"--resume {path}: the checkpoint holds a {model!r} model, this run trains "
+                         f"--model {current['model']}; pass --model {model} to continue it")
+    saved = {**vars(get_args_parser(model).parse_args([])), **resumed["args"], **resumed["model_config"]}
     changed = [key for key in current if key not in MAY_CHANGE_ON_RESUME and saved.get(key) != current[key]]
     if changed:
         raise InputError(f"--resume {path}: the checkpoint was trained with other settings: "

@@ -1,7 +1,13 @@
-"""The demo's recipe: one place for the synthetic world, the model and the schedule that demo.py runs and that
+"""The demo's recipe: one place for the synthetic world, the models and the schedule that demo.py runs and that
 the benchmarks measure (they reuse the demo's world and its trained checkpoint)."""
 
 from dataclasses import dataclass
+
+from networks.config import CONFIGS, TokenConfig
+
+# demo.py --models name -> the model it trains (token, gem) or initialises (untrained): the gem row is Token with
+# GeM pooling in place of the tokens (Table 3); every other name is a Table 1 baseline of networks.config.CONFIGS
+TOKEN_VARIANTS = {"token": {}, "gem": {"aggregation": "gem"}, "untrained": {}}
 
 
 @dataclass(frozen=True)
@@ -9,7 +15,8 @@ class DemoRecipe:
     """Everything demo.py trains and evaluates on the synthetic world, from one seed."""
 
     world: dict  # keyword arguments of datasets.synthetic.ensure_generated, beside the seed
-    model: dict  # TokenConfig fields of the demo's models (the GeM baseline adds aggregation="gem")
+    model: dict  # TokenConfig fields of the demo's Token models (the GeM baseline adds aggregation="gem")
+    baselines: dict  # model name -> config fields of each Table 1 baseline at the demo's size
     data_root: str = "data/synthetic"
     run_dir: str = "runs/demo"
     seed: int = 0
@@ -26,12 +33,28 @@ class DemoRecipe:
         """The trained Token's checkpoint, which the benchmarks measure."""
         return f"{self.run_dir}/token/last.pth"
 
+    def config(self, name):
+        """The model config of demo.py's ``--models`` entry ``name``."""
+        if name in TOKEN_VARIANTS:
+            return TokenConfig(**self.model, **TOKEN_VARIANTS[name])
+        return CONFIGS[name](**self.baselines[name])
 
+
+# Every model: a ResNet-18 trained from scratch (no ImageNet weights offline) with the Token's ArcFace head settings
+# (no margin, s = 16: a margin slows learning from scratch); descriptors as large as the trunk's 512 channels, as
+# the released baselines' 2048 are ResNet-101's.
+HEAD = dict(backbone="resnet18", arcface_margin=0.0, arcface_scale=16.0)
 DEMO = DemoRecipe(world=dict(num_train_landmarks=100, num_distractors=50),
-                  model=dict(backbone="resnet18", dim=256, out_dim=1024, heads=4, dropout=0.0, drop_path=0.0,
-                             arcface_margin=0.0, arcface_scale=16.0))
+                  model=dict(HEAD, dim=256, out_dim=1024, heads=4, dropout=0.0, drop_path=0.0),
+                  baselines=dict(rmac=dict(HEAD, out_dim=512), solar=dict(HEAD, out_dim=512),
+                                 delg=dict(HEAD, out_dim=512, local_dim=128, local_margin=0.0, local_scale=16.0),
+                                 netvlad=dict(HEAD, dim=256, heads=4, dropout=0.0, drop_path=0.0),
+                                 apgem=dict(HEAD, out_dim=512)))
 QUICK = DemoRecipe(world=dict(num_train_landmarks=6, images_per_landmark=(4, 6), num_test_landmarks=3,
                               db_views_per_landmark=(4, 6), num_distractors=10),
                    model=dict(DEMO.model, dim=32, out_dim=32),
+                   baselines=dict(rmac=dict(HEAD, out_dim=32), solar=dict(HEAD, out_dim=32),
+                                  delg=dict(DEMO.baselines["delg"], out_dim=32, local_dim=16),
+                                  netvlad=dict(DEMO.baselines["netvlad"], dim=32), apgem=dict(HEAD, out_dim=32)),
                    data_root="data/synthetic/quick", run_dir="runs/demo/quick", epochs=1, warmup_epochs=1,
                    batch_size=8, test_imsize=64)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from datasets.gldv2 import LandmarkImages, collate_skip_bad, load_gldv2, train_transform, val_transform
 from datasets.transforms import FastTrainCrop
-from networks import Token, TokenConfig
+from networks import build_model as build_network
 from networks.checkpoint import (
     BEST,
     LAST,
@@ -40,7 +40,7 @@ from training.engine import (
     validate,
 )
 from training.optim import build_optimizer, lr_factor
-from training.options import check_args, check_paths, check_resume_args
+from training.options import check_args, check_paths, check_resume_args, model_config
 from utils.distributed import ShardSampler, TrainSampler, main_process_first
 from utils.errors import InputError
 from utils.metrics import plot_training_curves, write_metrics_row
@@ -74,11 +74,14 @@ def build_data(args, env, micro_batch):
 
 
 def build_model(args, num_classes, env):
-    """Token with an ArcFace head on ``env.device``; channels-last and SyncBatchNorm on GPUs."""
+    """The --model with an ArcFace head on ``env.device``; channels-last and SyncBatchNorm on GPUs."""
     torch.manual_seed(args.seed)
     with main_process_first(env):  # rank 0 downloads the ImageNet weights, the others read the cache
-        model = Token(TokenConfig.from_args(args), num_classes=num_classes, pretrained=args.pretrained,
-                      backbone_weights=args.backbone_weights)  # the settings passed check_args
+        model = build_network(model_config(args), num_classes=num_classes, pretrained=args.pretrained,
+                              backbone_weights=args.backbone_weights)  # the settings passed check_args
+    if getattr(model, "frozen_backbone", False):
+        log.info("the %s trunk is frozen (%s weights): only the layers after it train", args.model,
+                 "ImageNet" if args.pretrained else "random, --no-pretrained")
     if env.distributed and env.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model.to(env.device, memory_format=memory_format(env.device))
@@ -185,7 +188,9 @@ def train(args, env):
             write_metrics_row(output_dir / "metrics.csv", row)
             plot_training_curves(output_dir / "metrics.csv", output_dir / "training_curves.png")
         save(step, is_best=is_best)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val top-1/top-5 error %.2f/%.2f %%, lr %.3g, "
-                 "%.1f images/s, %d skipped images, %.0f s", epoch + 1, args.epochs, row["train_loss"],
+        parts = "".join(f" ({name.removeprefix('train_loss_')} {value:.4f})" for name, value in stats.items()
+                        if name.startswith("train_loss_"))
+        log.info("epoch %d/%d: train loss %.4f%s, val loss %.4f, val top-1/top-5 error %.2f/%.2f %%, lr %.3g, "
+                 "%.1f images/s, %d skipped images, %.0f s", epoch + 1, args.epochs, row["train_loss"], parts,
                  row["val_loss"], row["val_top1_err"], row["val_top5_err"], row["lr"], row["images_per_s"],
                  row["skipped_images"], row["time"])
