@@ -366,7 +366,7 @@ def _training_rate(profile, env, amp):
         if i == 2:
             synchronize(env.device.type)
             start = time.perf_counter()
-        forward_backward(model, images, labels, scaler, meter, args, env, i + 1)
+        forward_backward(model, model, images, labels, scaler, meter, args, env, i + 1)  # no DDP wrapper
         optimizer_step(model, optimizer, scaler, None)
         optimizer.zero_grad(set_to_none=True)
     synchronize(env.device.type)
