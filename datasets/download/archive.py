@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from datasets.download.fetch import CHUNK, DownloadError
+from utils.paths import relative_inside
 
 MAX_MEMBER_BYTES = 100 * 2**20  # 100 MiB: a bound far above any photo of these datasets, below a disk-filling member
 _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
@@ -29,13 +30,17 @@ _CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 def member_target(images_dir, name, flatten):
     """Where an archive member goes: ``<images_dir>/<basename>`` for jpgs when flattening, else its relative
     path under ``images_dir``; None for a member that is skipped."""
-    path = PurePosixPath(name)
     if flatten:
+        path = PurePosixPath(name)
         return images_dir / path.name if path.suffix.lower() == ".jpg" else None
-    parts = [p for p in path.parts if p not in ("", ".")]
-    if path.is_absolute() or ".." in parts or not parts:
-        raise DownloadError(f"archive member {name!r} is not a relative path inside {images_dir}: refused")
-    return images_dir.joinpath(*parts)
+    try:
+        path = relative_inside(name)  # the one rule for names inside a data root
+        if not path.parts:
+            raise ValueError("no file name")
+    except ValueError as err:
+        raise DownloadError(f"archive member {name!r} is not a relative path inside {images_dir} ({err}): "
+                            "refused") from None
+    return images_dir.joinpath(*path.parts)
 
 
 def _open_stream(archive):
