@@ -34,7 +34,7 @@ from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
 from networks import load_model, zoo
 from networks.whitening import PCAWhitening
-from retrieval.extract import SCALES, check_scales, extract, extract_spans, prepare_model
+from retrieval.extract import SCALES, check_extraction, extract, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
 from retrieval.search import R1M_COMPRESSED, CompressedIndex
 from retrieval.whitening_files import (
@@ -84,12 +84,8 @@ def open_model(checkpoint, device):
     return prepare_model(load_model(checkpoint), device)
 
 
-def check_settings(s):
-    if s.imsize < 32:
-        raise InputError(f"--imsize must be at least 32, got {s.imsize}")
-    check_scales(s.scales)
-    if s.batch_size < 1 or s.workers < 0 or s.shard_size < 1:
-        raise InputError("--batch-size and --shard-size must be positive, --workers at least 0")
+def check_settings(s, device):
+    check_extraction(s, device)
     if s.whiten and s.whiten_file:
         raise InputError("--whiten and --whiten-file: give one whitening, not both")
     if s.search not in ("auto", "exact", "compressed"):
@@ -131,9 +127,7 @@ def _part_name(paths):
 def build(images, index_dir, settings, env, root=None):
     """Index the images of ``images`` (a folder or a list, see ``datasets.collection.list_images``) in
     ``index_dir``, replacing what it held. Returns a summary dict (rank 0; None elsewhere)."""
-    check_settings(settings)
-    if settings.amp and env.device.type != "cuda":
-        raise InputError("--amp runs float16 autocast on CUDA; this run is on the CPU")
+    check_settings(settings, env.device)
     settings = replace(settings, checkpoint=str(zoo.resolve(settings.checkpoint)))  # a released name: its file
     paths = list_images(images, root)
     if not paths:
@@ -191,7 +185,7 @@ def add(images, index_dir, env, root=None, **run):
     meta = read_meta(index_dir)
     _check_checkpoint(meta, index_dir)
     settings = stored_settings(meta, **run)
-    check_settings(settings)
+    check_settings(settings, env.device)
     indexed = set(_read_lines(index_dir / PATHS))
     tried = indexed | set(_read_lines(index_dir / SKIPPED))  # skipped files are not read again; build rereads all
     candidates = list_images(images, root)

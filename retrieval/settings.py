@@ -12,7 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from datasets.revisitop import R1M
 from networks import zoo
 from networks.zoo import MODELS_DIR, RELEASED
-from retrieval.extract import MAX_SCALE, SCALES, check_scales
+from retrieval.extract import MAX_SCALE, SCALES, check_extraction
 from retrieval.features import SHARD_SIZE
 from retrieval.search import ALPHA, TOP_N
 from retrieval.whitening_files import DEFAULT_POWER
@@ -150,19 +150,15 @@ def check_settings(settings, env):
         raise InputError("--protocol dir evaluates one scale at the original size: drop --imsize and --scales")
     if s.whiten is not None and s.whiten_file is not None:
         raise InputError("--whiten NAME and --whiten-file W.npz: pass one whitening")
-    if s.imsize < 32:
-        raise InputError(f"--imsize must be at least 32, got {s.imsize}")
-    check_scales(s.scales)
-    if s.batch_size < 1 or s.workers < 0 or s.shard_size < 1 or s.top_n < 1 or s.alpha < 0:
-        raise InputError("--batch-size, --shard-size and --top-n must be positive, --workers and --alpha at least 0")
+    check_extraction(s, env.device)
+    if s.top_n < 1 or s.alpha < 0:
+        raise InputError("--top-n must be positive, --alpha at least 0")
     if R1M in s.datasets:
         raise InputError(f"{R1M} has no queries: pass --r1m to add it to the databases of --datasets")
     if s.pq is not None and (s.pq < 1 or not 1 <= s.pq_bits <= 16):
         raise InputError("--pq must be positive and --pq-bits between 1 and 16")
     if s.ivf is not None and (s.pq is None or s.ivf < 1 or not 1 <= s.nprobe <= s.ivf):
         raise InputError("--ivf NLIST needs --pq M, NLIST positive and --nprobe between 1 and NLIST")
-    if s.amp and env.device.type != "cuda":
-        raise InputError("--amp runs float16 autocast on CUDA; this run is on the CPU")
     if env.distributed and s.output_dir is None:
         raise InputError("under torchrun, --output-dir is required: the processes exchange features through it "
                          "(a folder every process sees)")
