@@ -33,7 +33,7 @@ import numpy as np
 from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
 from networks import load_model, zoo
-from networks.whitening import PCAWhitening
+from networks.pca_whitening import PCAWhitening
 from retrieval.extract import SCALES, check_extraction, extract, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
 from retrieval.search import R1M_COMPRESSED, CompressedIndex
@@ -339,7 +339,7 @@ def query(index, images, topk=10, boxes=None):
 
 
 def learn_whitening(index_dir, dims=None):
-    """A PCA whitening (``networks.whitening.PCAWhitening.fit``) of an index's raw descriptors."""
+    """A PCA whitening (``networks.pca_whitening.PCAWhitening.fit``) of an index's raw descriptors."""
     read_meta(index_dir)
     descriptors = np.load(Path(index_dir) / DESCRIPTORS)
     try:
