@@ -12,11 +12,11 @@ The index folder's layout and the work are ``retrieval.index``; this script is i
 import argparse
 import os
 
+from retrieval.descriptor_whitening import DEFAULT_POWER, save_whitening
 from retrieval.extract import SCALES
 from retrieval.features import SHARD_SIZE, save_json
 from retrieval.figures import plot_search_results
 from retrieval.index import EXACT_MAX_IMAGES, SKIPPED, Index, IndexSettings, add, build, learn_whitening, query
-from retrieval.whitening_files import DEFAULT_POWER, save_whitening
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
 

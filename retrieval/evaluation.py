@@ -32,12 +32,12 @@ from pathlib import Path
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
 from networks import load_model as load_any_model
 from retrieval import report as html_report
+from retrieval.descriptor_whitening import chosen_whitening, whiten_rows
 from retrieval.extract import extract_spans, prepare_model
 from retrieval.features import FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
 from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
-from retrieval.whitening_files import chosen_whitening, whiten_rows
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
 

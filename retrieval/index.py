@@ -34,10 +34,7 @@ from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
 from networks import load_model, zoo
 from networks.pca_whitening import PCAWhitening
-from retrieval.extract import SCALES, check_extraction, extract, extract_spans, prepare_model
-from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
-from retrieval.search import R1M_COMPRESSED, CompressedIndex
-from retrieval.whitening_files import (
+from retrieval.descriptor_whitening import (
     DEFAULT_POWER,
     check_dim,
     chosen_whitening,
@@ -45,6 +42,9 @@ from retrieval.whitening_files import (
     save_whitening,
     whiten_rows,
 )
+from retrieval.extract import SCALES, check_extraction, extract, extract_spans, prepare_model
+from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
+from retrieval.search import R1M_COMPRESSED, CompressedIndex
 from utils.atomic import atomic_write
 from utils.errors import InputError
 

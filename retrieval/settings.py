@@ -12,10 +12,10 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from datasets.revisitop import R1M
 from networks import zoo
 from networks.zoo import MODELS_DIR, RELEASED
+from retrieval.descriptor_whitening import DEFAULT_POWER
 from retrieval.extract import MAX_SCALE, SCALES, check_extraction
 from retrieval.features import SHARD_SIZE
 from retrieval.search import ALPHA, TOP_N
-from retrieval.whitening_files import DEFAULT_POWER
 from utils.errors import InputError
 from utils.paths import writable_folder
 
