@@ -36,7 +36,7 @@ from retrieval.descriptor_whitening import chosen_whitening, whiten_rows
 from retrieval.extract import extract_spans, prepare_model
 from retrieval.features import FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
-from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
+from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedSearch, ExactSearch, PQSearch, alpha_qe, dba
 from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
@@ -108,23 +108,23 @@ def indexes(settings, database, device):
     """``(index, qe)`` for every requested search of ``database`` (a list of arrays): exact, exact with
     alpha-QE, with DBA, with both, PQ; without ``pq``, on the +1M database, also the compressed search
     (``R1M_COMPRESSED``) that benchmarks/search.py picked."""
-    exact = ExactIndex(database)
+    exact = ExactSearch(database)
     yield exact, False
     if settings.qe:
         yield exact, True
     if settings.dba:
-        augmented = ExactIndex([dba(exact.all(), settings.top_n, settings.alpha, device)], label="exact+dba")
+        augmented = ExactSearch([dba(exact.all(), settings.top_n, settings.alpha, device)], label="exact+dba")
         yield augmented, False
         if settings.qe:
             yield augmented, True
     if settings.pq is not None:
         try:
-            quantised = PQIndex(database, settings.pq, settings.pq_bits, settings.ivf, settings.nprobe)
+            quantised = PQSearch(database, settings.pq, settings.pq_bits, settings.ivf, settings.nprobe)
         except ValueError as err:
             raise InputError(f"--pq: {err}") from None
         yield quantised, False
     elif settings.r1m and len(database) > 1:  # the database plus the distractors
-        compressed = CompressedIndex(database, **R1M_COMPRESSED)
+        compressed = CompressedSearch(database, **R1M_COMPRESSED)
         print(f">> compressed search: {compressed.label} ({compressed.bytes_per_image} B/image), the pick of "
               "python -m benchmarks.search for R1M; exact search stays the reference", flush=True)
         yield compressed, False
@@ -165,7 +165,7 @@ def evaluate_database(settings, env, name, database, queries, gnd, whitening=Non
     With ``whitening``, exact search of the whitened database and queries too (``exact+whiten``)."""
     searches = ((index, qe, queries) for index, qe in indexes(settings, database, env.device))
     if whitening is not None:
-        whitened = ExactIndex([whiten_rows(whitening, part, settings.whiten_power) for part in database],
+        whitened = ExactSearch([whiten_rows(whitening, part, settings.whiten_power) for part in database],
                               label="exact+whiten")
         whitened_queries = whiten_rows(whitening, queries, settings.whiten_power)
         searches = itertools.chain(searches, [(whitened, False, whitened_queries)])

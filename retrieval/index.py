@@ -44,7 +44,7 @@ from retrieval.descriptor_whitening import (
 )
 from retrieval.extract import SCALES, check_extraction, extract, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
-from retrieval.search import R1M_COMPRESSED, CompressedIndex
+from retrieval.search import R1M_COMPRESSED, CompressedSearch
 from utils.atomic import atomic_write
 from utils.errors import InputError
 
@@ -246,7 +246,7 @@ def search_structure(vectors, kind):
         index.add(vectors)
         return index
     try:
-        return CompressedIndex([vectors], **R1M_COMPRESSED).index
+        return CompressedSearch([vectors], **R1M_COMPRESSED).index
     except ValueError as err:
         raise InputError(f"--compressed: {err}") from None
 
