@@ -39,8 +39,8 @@ from training.recipes import DEMO, QUICK
 from training.run import train
 from utils.distributed import DistEnv
 from utils.errors import InputError, fail_cleanly
-from utils.metrics import plot_training_curves
 from utils.paths import writable_folder
+from utils.training_log import plot_training_curves
 
 # --models name (also its folder under --run-dir) -> its row of the table, in the table's order
 ROWS = {"untrained": "untrained Token", "token": "trained Token", "gem": "trained GeM baseline",

@@ -27,7 +27,7 @@ from training.engine import validate
 from training.optim import lr_factor
 from training.options import get_args_parser
 from utils.distributed import DistEnv, ShardSampler, TrainSampler
-from utils.metrics import read_metrics
+from utils.training_log import read_metrics
 
 COMMON = ["--backbone", "resnet18", "--imsize", "64", "--no-pretrained", "--workers", "0", "--log-every", "2",
           "--batch-size", "4"]
