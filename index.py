@@ -6,7 +6,7 @@
     python index.py whiten --index runs/photos --out W.npz
     torchrun --nproc_per_node 4 index.py build --images list.txt --root /data --checkpoint CKPT --index /shared/idx
 
-The index folder's layout and the work are ``retrieval.index``; this script is its command line.
+The index folder's layout and the work are ``retrieval.image_index``; this script is its command line.
 """
 
 import argparse
@@ -16,7 +16,16 @@ from retrieval.descriptor_whitening import DEFAULT_POWER, save_whitening
 from retrieval.extract import SCALES
 from retrieval.features import SHARD_SIZE, save_json
 from retrieval.figures import plot_search_results
-from retrieval.index import EXACT_MAX_IMAGES, SKIPPED, Index, IndexSettings, add, build, learn_whitening, query
+from retrieval.image_index import (
+    EXACT_MAX_IMAGES,
+    SKIPPED,
+    ImageIndex,
+    IndexSettings,
+    add,
+    build,
+    learn_whitening,
+    query,
+)
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
 
@@ -138,7 +147,7 @@ def run_query(args):
         if not os.path.isfile(image):
             raise InputError(f"query image {image} not found")
     boxes = _boxes(args)
-    index = Index(args.index, resolve_device(args.device), args.whiten_file, args.whiten_power)
+    index = ImageIndex(args.index, resolve_device(args.device), args.whiten_file, args.whiten_power)
     results, ms = query(index, args.images, args.topk, boxes)
     for entry in results:
         print(f"query {entry['query']}")

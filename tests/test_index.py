@@ -20,7 +20,7 @@ from benchmarks import index as index_benchmark
 from datasets.collection import CollectionImages
 from networks import load_token
 from retrieval.extract import extract, prepare_model
-from retrieval.index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, Index, query, search_kind
+from retrieval.image_index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, ImageIndex, query, search_kind
 from tests.test_test import DB_SIZES, _image, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +154,7 @@ def test_add_extracts_only_the_new_images(collection, built, tmp_path, capsys):
     newest = write_images(base / "later", 2, seed=5, prefix="late")
     later = run("add", "--images", base / "later", "--index", tmp_path / "index", *RUN)
     assert later["extracted"] == 2 and later["count"] == IMAGES + 2
-    results, _ = query(Index(tmp_path / "index", torch.device("cpu")), newest[1:], 1)
+    results, _ = query(ImageIndex(tmp_path / "index", torch.device("cpu")), newest[1:], 1)
     assert results[0]["results"][0]["path"] == newest[1]
 
 
@@ -163,7 +163,7 @@ def test_compressed_search_finds_the_query_first(collection, built, tmp_path):
     summary = run("build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", tmp_path / "index",
                   "--compressed", *BUILD)
     assert summary["search"] == "compressed" and summary["count"] == IMAGES
-    index = Index(tmp_path / "index", torch.device("cpu"))
+    index = ImageIndex(tmp_path / "index", torch.device("cpu"))
     results, _ = query(index, images[3:6], 2)
     for entry, image in zip(results, images[3:6], strict=True):
         assert entry["results"][0]["path"] == image and entry["results"][0]["score"] == pytest.approx(1, abs=0.02)
@@ -177,12 +177,12 @@ def test_whiten_file_for_build_query_and_test_py(collection, built, tmp_path):
     summary = run("build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", tmp_path / "index",
                   "--whiten-file", tmp_path / "W.npz", "--whiten-power", "0.5", *BUILD)
     assert summary["count"] == IMAGES and (tmp_path / "index" / "whitening.npz").is_file()
-    index = Index(tmp_path / "index", torch.device("cpu"))
+    index = ImageIndex(tmp_path / "index", torch.device("cpu"))
     assert index.structure.d == 8
     results, _ = query(index, images[:2], 3)
     assert [entry["results"][0]["path"] for entry in results] == images[:2]
     # the raw index searched with the whitening given at query time ranks as the whitened index
-    raw = Index(built[0], torch.device("cpu"), whiten_file=tmp_path / "W.npz", whiten_power=0.5)
+    raw = ImageIndex(built[0], torch.device("cpu"), whiten_file=tmp_path / "W.npz", whiten_power=0.5)
     again, _ = query(raw, images[:2], 3)
     assert [[hit["path"] for hit in entry["results"]] for entry in again] == \
         [[hit["path"] for hit in entry["results"]] for entry in results]

@@ -277,7 +277,7 @@ def write_index(index_dir, meta, whitening):
     return {"count": len(paths), "skipped": len(skipped), "search": kind}
 
 
-class Index:
+class ImageIndex:
     """An index folder opened for queries: paths, search structure, whitening and model loaded once.
     ``whiten_file`` / ``whiten_power`` search with another whitening than the index's own: the search structure
     is then rebuilt in memory from the raw descriptors."""
