@@ -30,10 +30,9 @@ import time
 from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
-from networks import load_model as load_any_model
 from retrieval import report as html_report
 from retrieval.descriptor_whitening import chosen_whitening, whiten_rows
-from retrieval.extract import extract_spans, prepare_model
+from retrieval.extract import extract_spans, load_for_extraction
 from retrieval.features import FeatureStore, feature_key, save_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedSearch, ExactSearch, PQSearch, alpha_qe, dba
@@ -42,7 +41,7 @@ from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
 
 __all__ = ["EvalSettings", "check_settings", "evaluate_checkpoint", "evaluate_model", "get_args_parser",
-           "load_model", "parse_settings"]
+           "parse_settings"]
 
 
 @contextlib.contextmanager
@@ -78,13 +77,11 @@ def load_test_sets(settings):
     return datasets, distractors
 
 
-def load_model(settings, env):
-    """The checkpoint's model (any that ``networks.load_model`` reads), ready for extraction on ``env.device``."""
-    model = prepare_model(load_any_model(settings.checkpoint, settings.models_dir), env.device)
+def check_model(settings, model):
+    """Raise ``InputError`` for settings that the model cannot run: ``--pq`` must divide its descriptor size."""
     dim = model.config.descriptor_dim
     if settings.pq is not None and dim % settings.pq:
         raise InputError(f"--pq {settings.pq} must divide the descriptor size {dim}")
-    return model
 
 
 def descriptors(store, model, settings, env, dataset, part):
@@ -231,5 +228,6 @@ def evaluate_checkpoint(settings, env=None):
     with output_folder(settings.output_dir) as output_dir:
         test_sets, distractors = load_test_sets(settings)
         settings = resolve(settings)  # the checkpoint's file, once the data is known to be there
-        model = load_model(settings, env)
+        model = load_for_extraction(settings.checkpoint, env.device)
+        check_model(settings, model)
         return evaluate_model(settings, env, model, test_sets, distractors, output_dir)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from networks import load_model
 from utils.errors import InputError
 from utils.interrupts import interrupts_deferred
 
@@ -75,6 +76,12 @@ def prepare_model(model, device):
     GPUs and on the CPU (``python -m benchmarks.extract`` measures it; see the README); same results up to float
     rounding."""
     return model.to(device).eval().to(memory_format=torch.channels_last)
+
+
+def load_for_extraction(checkpoint, device):
+    """The model of ``checkpoint`` (a file that ``networks.load_model`` reads, or a released name, looked up in
+    models/) ready for extraction on ``device``: the one place where test.py and index.py load their model."""
+    return prepare_model(load_model(checkpoint), device)
 
 
 def equal_size_batches(items, batch_size, max_pending=None):

@@ -32,7 +32,7 @@ import numpy as np
 
 from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
-from networks import load_model, zoo
+from networks import zoo
 from networks.pca_whitening import PCAWhitening
 from retrieval.descriptor_whitening import (
     DEFAULT_POWER,
@@ -42,7 +42,7 @@ from retrieval.descriptor_whitening import (
     save_whitening,
     whiten_rows,
 )
-from retrieval.extract import SCALES, check_extraction, extract, extract_spans, prepare_model
+from retrieval.extract import SCALES, check_extraction, extract, extract_spans, load_for_extraction
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
 from retrieval.search import R1M_COMPRESSED, CompressedSearch
 from utils.atomic import atomic_write
@@ -77,11 +77,6 @@ class IndexSettings:
 
     def stored(self):
         return {k: v for k, v in asdict(self).items() if k in self.STORED}
-
-
-def open_model(checkpoint, device):
-    """The model of ``checkpoint`` ready for extraction on ``device``: the one place that loads a model here."""
-    return prepare_model(load_model(checkpoint), device)
 
 
 def check_settings(s, device):
@@ -133,7 +128,7 @@ def build(images, index_dir, settings, env, root=None):
     if not paths:
         raise InputError(f"--images {images}: no files found")
     index_dir = Path(index_dir)
-    model = open_model(settings.checkpoint, env.device)
+    model = load_for_extraction(settings.checkpoint, env.device)
     whitening = resolve_whitening(settings, model)
     store = FeatureStore(index_dir / "features", env, settings.progress)
     start = time.perf_counter()
@@ -193,7 +188,7 @@ def add(images, index_dir, env, root=None, **run):
     if not new:
         return {"count": meta["count"], "skipped": meta["skipped"], "search": meta["search"], "added": 0,
                 "already": len(candidates), "extracted": 0, "seconds": 0.0} if env.is_main else None
-    model = open_model(settings.checkpoint, env.device)
+    model = load_for_extraction(settings.checkpoint, env.device)
     store = FeatureStore(index_dir / "features", env, settings.progress)
     start = time.perf_counter()
     name = _part_name(new)
@@ -303,7 +298,7 @@ class ImageIndex:
                                            f"--whiten-file {whiten_file}")
             self.power = self.power if whiten_power is None else whiten_power
             self.structure = self._rebuilt()
-        self.model = open_model(self.settings.checkpoint, device)
+        self.model = load_for_extraction(self.settings.checkpoint, device)
 
     def _rebuilt(self):
         vectors = apply_whitening(self.whitening, np.load(self.dir / DESCRIPTORS), self.power)
