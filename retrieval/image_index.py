@@ -24,7 +24,6 @@ well, cropped to their box first when one is given (``datasets.revisitop.resize_
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import faiss
@@ -32,19 +31,12 @@ import numpy as np
 
 from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
-from networks import zoo
 from networks.pca_whitening import PCAWhitening
-from retrieval.descriptor_whitening import (
-    DEFAULT_POWER,
-    check_dim,
-    chosen_whitening,
-    read_whitening,
-    save_whitening,
-    whiten_rows,
-)
-from retrieval.extract import SCALES, check_extraction, extract, extract_spans, load_for_extraction
-from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
+from retrieval.descriptor_whitening import check_dim, chosen_whitening, read_whitening, save_whitening, whiten_rows
+from retrieval.extract import extract, extract_spans, load_for_extraction
+from retrieval.features import FeatureStore, feature_key, read_json, save_array, save_json
 from retrieval.search import R1M_COMPRESSED, CompressedSearch
+from retrieval.settings import ExtractionSettings, check_extraction, with_checkpoint_file
 from utils.atomic import atomic_write
 from utils.errors import InputError
 
@@ -53,38 +45,9 @@ INDEX_FILE, PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH = (
     "index.json", "paths.txt", "descriptors.npy", "skipped.txt", "whitening.npz", "search.faiss")
 # exact search up to this many images, the compressed index beyond: python -m benchmarks.index (README)
 EXACT_MAX_IMAGES = 50_000
-
-
-@dataclass
-class IndexSettings:
-    """How the descriptors of an index are computed (stored in index.json) and how this run computes them."""
-
-    checkpoint: str
-    imsize: int = 1024
-    scales: list = field(default_factory=lambda: list(SCALES))
-    amp: bool = False
-    whiten: str | None = None  # a learned whitening of the checkpoint, by name
-    whiten_file: str | None = None  # a W.npz
-    whiten_power: float = DEFAULT_POWER
-    search: str = "auto"  # auto, exact or compressed
-    # this run only, not stored
-    batch_size: int = 8
-    workers: int = min(8, os.cpu_count() or 1)
-    shard_size: int = SHARD_SIZE
-    progress: bool = True
-
-    STORED = ("checkpoint", "imsize", "scales", "amp", "whiten", "whiten_file", "whiten_power", "search")
-
-    def stored(self):
-        return {k: v for k, v in asdict(self).items() if k in self.STORED}
-
-
-def check_settings(s, device):
-    check_extraction(s, device)
-    if s.whiten and s.whiten_file:
-        raise InputError("--whiten and --whiten-file: give one whitening, not both")
-    if s.search not in ("auto", "exact", "compressed"):
-        raise InputError(f"search must be auto, exact or compressed, got {s.search!r}")
+SEARCHES = ("auto", "exact", "compressed")
+# the ExtractionSettings that index.json keeps (with the search): the others are each run's own
+STORED = ("checkpoint", "imsize", "scales", "amp", "whiten", "whiten_file", "whiten_power")
 
 
 def resolve_whitening(settings, model):
@@ -119,11 +82,14 @@ def _part_name(paths):
     return "add-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
 
 
-def build(images, index_dir, settings, env, root=None):
+def build(images, index_dir, settings, env, root=None, search="auto"):
     """Index the images of ``images`` (a folder or a list, see ``datasets.collection.list_images``) in
-    ``index_dir``, replacing what it held. Returns a summary dict (rank 0; None elsewhere)."""
-    check_settings(settings, env.device)
-    settings = replace(settings, checkpoint=str(zoo.resolve(settings.checkpoint)))  # a released name: its file
+    ``index_dir`` with the ``ExtractionSettings`` ``settings``, replacing what it held; ``search``: one of
+    ``SEARCHES`` (``search_kind``). Returns a summary dict (rank 0; None elsewhere)."""
+    check_extraction(settings, env.device)
+    if search not in SEARCHES:
+        raise InputError(f"search must be auto, exact or compressed, got {search!r}")
+    settings = with_checkpoint_file(settings)  # a released name: its file
     paths = list_images(images, root)
     if not paths:
         raise InputError(f"--images {images}: no files found")
@@ -137,7 +103,8 @@ def build(images, index_dir, settings, env, root=None):
     if not env.is_main:
         return None
     _forget_added_parts(index_dir)
-    meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": settings.stored(),
+    stored = {**{name: getattr(settings, name) for name in STORED}, "search": search}
+    meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": stored,
             "dim": model.config.descriptor_dim, "parts": ["collection"]}
     return {**write_index(index_dir, meta, whitening), "extracted": extracted, "seconds": seconds}
 
@@ -160,8 +127,9 @@ def read_meta(index_dir):
 
 
 def stored_settings(meta, **run):
-    """The ``IndexSettings`` an index was built with, with this run's ``run`` options (workers, batch size...)."""
-    return IndexSettings(**meta["settings"], **run)
+    """The ``ExtractionSettings`` an index was built with, with this run's ``run`` options (workers, batch
+    size...)."""
+    return ExtractionSettings(**{name: meta["settings"][name] for name in STORED}, **run)
 
 
 def _check_checkpoint(meta, index_dir):
@@ -175,12 +143,12 @@ def _check_checkpoint(meta, index_dir):
 
 def add(images, index_dir, env, root=None, **run):
     """Append the images of ``images`` that ``index_dir`` does not hold yet, with the index's own checkpoint
-    and settings; ``run``: this run's batch size, workers, shard size, progress. A summary dict (rank 0)."""
+    and settings; ``run``: this run's batch size, workers, device, shard size, progress. A summary dict (rank 0)."""
     index_dir = Path(index_dir)
     meta = read_meta(index_dir)
     _check_checkpoint(meta, index_dir)
     settings = stored_settings(meta, **run)
-    check_settings(settings, env.device)
+    check_extraction(settings, env.device)
     indexed = set(_read_lines(index_dir / PATHS))
     tried = indexed | set(_read_lines(index_dir / SKIPPED))  # skipped files are not read again; build rereads all
     candidates = list_images(images, root)

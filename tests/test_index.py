@@ -21,6 +21,7 @@ from datasets.collection import CollectionImages
 from networks import load_token
 from retrieval.extract import extract, prepare_model
 from retrieval.image_index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, ImageIndex, query, search_kind
+from retrieval.settings import ExtractionSettings, extraction_fields, get_args_parser
 from tests.test_test import DB_SIZES, _image, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,6 +259,22 @@ def test_help_explains_every_flag():
     for flag in ("--images", "--root", "--checkpoint", "--index", "--imsize", "--scales", "--amp", "--batch-size",
                  "--workers", "--shard-size", "--whiten", "--whiten-file", "--whiten-power", "--exact", "--compressed"):
         assert flag in done.stdout
+
+
+def test_build_shares_the_extraction_flags_of_test_py():
+    """index.py build and test.py: one set of extraction flags, with the defaults of ``ExtractionSettings``; the
+    whitening flags say what each script does with the whitening, the others have the same help."""
+    args = index_py.get_args_parser().parse_args(["build", "--images", "x", "--checkpoint", "c.pth", "--index", "i"])
+    assert ExtractionSettings(**extraction_fields(args)) == ExtractionSettings("c.pth")
+
+    def extraction_help(parser):
+        group = next(g for g in parser._action_groups if g.title == "extraction")
+        return {a.dest: a.help for a in group._group_actions}
+
+    build = index_py.get_args_parser()._subparsers._group_actions[0].choices["build"]
+    ours, theirs = extraction_help(build), extraction_help(get_args_parser())
+    assert set(ours) == set(theirs) - {"protocol"} == set(extraction_fields(args))
+    assert {k: v for k, v in ours.items() if "whiten" not in k} == {k: theirs[k] for k in ours if "whiten" not in k}
 
 
 def test_auto_search_switches_at_the_measured_size():
