@@ -31,12 +31,12 @@ from datasets.synthetic import ensure_generated
 from networks import build_model, load_token
 from networks.checkpoint import model_state, save_checkpoint
 from retrieval.evaluation import EvalSettings, evaluate_checkpoint
-from retrieval.features import save_json
 from retrieval.figures import plot_attention, plot_retrievals
 from retrieval.revisited import PROTOCOLS
 from training.options import check_args, parse_args
 from training.recipes import DEMO, QUICK
 from training.run import train
+from utils.atomic import save_json
 from utils.distributed import DistEnv
 from utils.errors import InputError, fail_cleanly
 from utils.paths import writable_folder

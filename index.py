@@ -13,7 +13,6 @@ import argparse
 import os
 
 from retrieval.descriptor_whitening import save_whitening
-from retrieval.features import save_json
 from retrieval.figures import plot_search_results
 from retrieval.image_index import EXACT_MAX_IMAGES, SKIPPED, ImageIndex, add, build, learn_whitening, query
 from retrieval.settings import (
@@ -23,6 +22,7 @@ from retrieval.settings import (
     add_whitening_arguments,
     extraction_fields,
 )
+from utils.atomic import save_json
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
 

@@ -33,10 +33,11 @@ from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
 from retrieval import report as html_report
 from retrieval.descriptor_whitening import chosen_whitening, whiten_rows
 from retrieval.extract import extract_spans, load_for_extraction
-from retrieval.features import FeatureStore, feature_key, save_json
+from retrieval.features import FeatureStore, feature_key
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedSearch, ExactSearch, PQSearch, alpha_qe, dba
 from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
+from utils.atomic import save_json
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
 

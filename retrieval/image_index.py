@@ -34,10 +34,10 @@ from datasets.revisitop import RevisitopImages
 from networks.pca_whitening import PCAWhitening
 from retrieval.descriptor_whitening import check_dim, chosen_whitening, read_whitening, save_whitening, whiten_rows
 from retrieval.extract import extract, extract_spans, load_for_extraction
-from retrieval.features import FeatureStore, feature_key, read_json, save_array, save_json
+from retrieval.features import FeatureStore, feature_key, save_array
 from retrieval.search import R1M_COMPRESSED, CompressedSearch
 from retrieval.settings import ExtractionSettings, check_extraction, with_checkpoint_file
-from utils.atomic import atomic_write
+from utils.atomic import atomic_write, read_json, save_json
 from utils.errors import InputError
 
 FORMAT = 1
