@@ -22,9 +22,7 @@ from training.engine import Diverged
 from training.options import parse_args
 from training.run import train
 from utils.distributed import cleanup, init_distributed
-from utils.errors import fail_cleanly
-
-EXIT_DIVERGED = 3
+from utils.errors import EXIT_DIVERGED, fail_cleanly
 
 
 @fail_cleanly

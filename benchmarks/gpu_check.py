@@ -351,7 +351,7 @@ def _training_rate(profile, env, amp):
     from training.engine import forward_backward, memory_format, optimizer_step
     from training.optim import build_optimizer
     from training.options import get_args_parser
-    from utils.metrics import StepMeter
+    from utils.training_log import StepMeter
 
     args = get_args_parser().parse_args([*profile.model, "--imsize", str(profile.imsize), "--amp", amp])
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
     python -m benchmarks.index             # 10k, 30k and 100k images of 1024 dimensions (~1 min)
     python -m benchmarks.index --quick     # 2k and 8k (CI)
 
-For each size: the two search structures ``retrieval.index.search_structure`` builds (exact inner product,
+For each size: the two search structures ``retrieval.image_index.search_structure`` builds (exact inner product,
 faiss IndexFlatIP; the compressed index of test.py --r1m), their build time, the median latency of one query's
 top-10 search on one thread (what ``index.py query`` does per image), and the compressed index's recall@10
 against exact search. The descriptors are L2-normalised draws from a Gaussian whose variance lies mostly in 128
@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks import common
 from benchmarks.common import table, timed
 from benchmarks.search import latency, recall, sample
-from retrieval.index import EXACT_MAX_IMAGES, search_structure
+from retrieval.image_index import EXACT_MAX_IMAGES, search_structure
 
 # exact search while one query takes less: below the cost of the query image's own descriptor (~100 ms for the
 # demo's resnet18 on the CPU, README), and nothing lost to compression

@@ -14,13 +14,13 @@ from networks.delg import DELG
 from networks.lfsa import LFSA
 from networks.models import MODELS, build_model
 from networks.netvlad import NetVLAD
+from networks.pca_whitening import PCAWhitening
 from networks.pooling import MAC, GeM, SPoC
 from networks.refinement import RefinementBlock
 from networks.rmac import RMAC
 from networks.solar import SOLAR
 from networks.token import Token
 from networks.tokenizer import Tokenizer
-from networks.whitening import PCAWhitening
 
 __all__ = ["APGeM", "APGeMConfig", "ArcFace", "Backbone", "CONFIGS", "DELG", "DELGConfig", "GeM", "LFSA", "MAC",
            "MODELS", "MultiHeadAttention", "NetVLAD", "NetVLADConfig", "PCAWhitening", "RMAC", "RMACConfig",

@@ -111,8 +111,8 @@ from tests.test_train import TINY, run, small_set
 from utils.atomic import WriteError, atomic_write, temporary_path
 from utils.distributed import DistEnv
 from utils.errors import InputError
-from utils.metrics import COLUMNS, write_metrics_row
 from utils.safe_pickle import UnsafePickleError
+from utils.training_log import COLUMNS, write_metrics_row
 
 torch.set_num_threads(1)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

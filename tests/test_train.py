@@ -27,7 +27,8 @@ from training.engine import validate
 from training.optim import lr_factor
 from training.options import get_args_parser
 from utils.distributed import DistEnv, ShardSampler, TrainSampler
-from utils.metrics import read_metrics
+from utils.errors import EXIT_DIVERGED
+from utils.training_log import read_metrics
 
 COMMON = ["--backbone", "resnet18", "--imsize", "64", "--no-pretrained", "--workers", "0", "--log-every", "2",
           "--batch-size", "4"]
@@ -255,7 +256,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_pat
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
         run(data, out, "--epochs", "2", "--log-every", "100")  # checked only at the epoch end, before saving
-    assert stop.value.code == train.EXIT_DIVERGED
+    assert stop.value.code == EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "not finite (NaN or inf) at step 9" in err and f"last good checkpoint is {out / 'last.pth'}" in err
     kept = load_training_state(out / "last.pth")

@@ -14,7 +14,7 @@ from networks.checkpoint import load_training_state
 from networks.config import CONFIGS
 from tests.test_train import COMMON, make_gldv2
 from training.options import get_args_parser, parse_args
-from utils.metrics import StepMeter, read_metrics
+from utils.training_log import StepMeter, read_metrics
 
 BASELINES = sorted(set(CONFIGS) - {"token"})
 HEAD = ["--arcface-margin", "0", "--arcface-scale", "16"]  # the demo's head: no margin from scratch

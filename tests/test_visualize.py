@@ -10,7 +10,7 @@ from datasets.synthetic import generate
 from networks import Token
 from networks.checkpoint import model_state
 from retrieval.figures import relevance
-from utils.metrics import COLUMNS, write_metrics_row
+from utils.training_log import COLUMNS, write_metrics_row
 from visualize import main
 
 TINY = dict(num_train_landmarks=2, images_per_landmark=2, num_test_landmarks=2, queries_per_landmark=1,

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from datasets.transforms import BatchColorJitter, normalize, to_unit
 from utils.distributed import all_reduce, broadcast_buffers
-from utils.metrics import StepMeter
+from utils.training_log import StepMeter
 
 log = logging.getLogger("train")
 

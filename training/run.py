@@ -43,7 +43,7 @@ from training.optim import build_optimizer, lr_factor
 from training.options import check_args, check_paths, check_resume_args, model_config
 from utils.distributed import ShardSampler, TrainSampler, main_process_first
 from utils.errors import InputError
-from utils.metrics import plot_training_curves, write_metrics_row
+from utils.training_log import plot_training_curves, write_metrics_row
 
 log = logging.getLogger("train")
 
