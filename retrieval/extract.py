@@ -57,8 +57,8 @@ def multiscale_descriptor(model, images, scales=SCALES):
 
 def prepare_model(model, device):
     """``model`` in eval mode on ``device``, in channels-last memory format, which convolutions run faster in on
-    GPUs and on the CPU (``python -m benchmarks.extract`` measures it; see the README); same results up to float
-    rounding."""
+    GPUs and on the CPU (``python -m benchmarks.extract`` measures it: docs/benchmarks.md, "Extraction"); same
+    results up to float rounding."""
     return model.to(device).eval().to(memory_format=torch.channels_last)
 
 

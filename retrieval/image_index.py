@@ -43,7 +43,7 @@ from utils.errors import InputError
 FORMAT = 1
 INDEX_FILE, PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH = (
     "index.json", "paths.txt", "descriptors.npy", "skipped.txt", "whitening.npz", "search.faiss")
-# exact search up to this many images, the compressed index beyond: python -m benchmarks.index (README)
+# exact search up to this many images, the compressed index beyond: python -m benchmarks.index (docs/benchmarks.md)
 EXACT_MAX_IMAGES = 50_000
 SEARCHES = ("auto", "exact", "compressed")
 # the ExtractionSettings that index.json keeps (with the search): the others are each run's own

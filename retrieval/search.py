@@ -17,7 +17,7 @@ the database takes in it: ``bytes_per_image`` for each image plus codebooks and 
   those of the uncentred second moment, so that the projection is orthonormal and keeps inner products up to
   the dropped components (a centred PCA would rank by ``(q - mean) . (x - mean)``, which is not the same
   ranking). ``R1M_COMPRESSED`` is the configuration for 1M images chosen by ``python -m benchmarks.search``
-  (see the README for its measurements): 120 directions, IVF1024 (128 visited), 8-bit scalar quantisation, i.e.
+  (docs/benchmarks.md has its measurements): 120 directions, IVF1024 (128 visited), 8-bit scalar quantisation, i.e.
   128 bytes per image (120 codes + an 8-byte id).
 - ``alpha_qe`` and ``dba`` (Radenovic et al., TPAMI 2019): a vector is replaced by the L2-normalised sum of
   itself and its ``top_n`` nearest database vectors, weighted by similarity^alpha; alpha-QE on the queries at
@@ -142,7 +142,7 @@ class PQSearch:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.n))
 
 
-# the compressed search of test.py --r1m: chosen by python -m benchmarks.search; see the README
+# the compressed search of test.py --r1m: chosen by python -m benchmarks.search (docs/benchmarks.md)
 R1M_COMPRESSED = {"codec": "SQ8", "dims": 120, "nlist": 1024, "nprobe": 128}
 MIN_POINTS_PER_CELL = 39  # faiss's k-means wants at least this many training vectors per IVF cell
 
