@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
-from networks import load_model as load_any_model
 from retrieval import report as html_report
 from retrieval.extract import extract_spans, prepare_model
 from retrieval.features import FeatureStore, feature_key, save_json
@@ -40,6 +39,7 @@ from retrieval.settings import EvalSettings, check_settings, get_args_parser, pa
 from retrieval.whitening_files import chosen_whitening, whiten_rows
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
+from weights import load_model as load_any_model
 
 __all__ = ["EvalSettings", "check_settings", "evaluate_checkpoint", "evaluate_model", "get_args_parser",
            "load_model", "parse_settings"]
@@ -79,7 +79,7 @@ def load_test_sets(settings):
 
 
 def load_model(settings, env):
-    """The checkpoint's model (any that ``networks.load_model`` reads), ready for extraction on ``env.device``."""
+    """The checkpoint's model (any that ``weights.load_model`` reads), ready for extraction on ``env.device``."""
     model = prepare_model(load_any_model(settings.checkpoint, settings.models_dir), env.device)
     dim = model.config.descriptor_dim
     if settings.pq is not None and dim % settings.pq:

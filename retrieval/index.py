@@ -32,7 +32,6 @@ import numpy as np
 
 from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
-from networks import load_model, zoo
 from networks.whitening import PCAWhitening
 from retrieval.extract import SCALES, check_extraction, extract, extract_spans, prepare_model
 from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
@@ -47,6 +46,7 @@ from retrieval.whitening_files import (
 )
 from utils.atomic import atomic_write
 from utils.errors import InputError
+from weights import load_model, zoo
 
 FORMAT = 1
 INDEX_FILE, PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH = (

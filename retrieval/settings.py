@@ -10,14 +10,14 @@ import os
 from dataclasses import MISSING, dataclass, field, fields, replace
 
 from datasets.revisitop import R1M
-from networks import zoo
-from networks.zoo import MODELS_DIR, RELEASED
 from retrieval.extract import MAX_SCALE, SCALES, check_extraction
 from retrieval.features import SHARD_SIZE
 from retrieval.search import ALPHA, TOP_N
 from retrieval.whitening_files import DEFAULT_POWER
 from utils.errors import InputError
 from utils.paths import writable_folder
+from weights import zoo
+from weights.zoo import MODELS_DIR, RELEASED
 
 EXTRACTION_PROTOCOLS = ("token", "dir")
 
@@ -26,7 +26,7 @@ EXTRACTION_PROTOCOLS = ("token", "dir")
 class EvalSettings:
     """What to evaluate and how: one field per test.py flag, of the same name and default."""
 
-    checkpoint: str  # any model file networks.load_model reads, or a released model's name (networks.zoo)
+    checkpoint: str  # any model file weights.load_model reads, or a released model's name (weights.zoo)
     data_root: str  # the folder holding test/<dataset>/gnd_<dataset>.pkl and test/<dataset>/jpg/
     models_dir: str = MODELS_DIR  # where a released name is looked up
     datasets: list = field(default_factory=lambda: ["roxford5k", "rparis6k"])

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from networks import DELG, RMAC, SOLAR, APGeM, NetVLAD, PCAWhitening, Token, build_model, load_model, load_token
-from networks.checkpoint import model_state
+from networks import DELG, RMAC, SOLAR, APGeM, NetVLAD, PCAWhitening, Token, build_model
 from networks.config import CONFIGS
 from networks.netvlad import vlad
 from networks.pooling import rmac, rmac_regions
@@ -24,6 +23,7 @@ from tests.released import (
     save_deep_image_retrieval,
 )
 from utils.errors import InputError
+from weights import load_model, load_token, model_state
 
 CLASSES = {"rmac": RMAC, "solar": SOLAR, "delg": DELG, "netvlad": NetVLAD, "apgem": APGeM}
 # docs/FACTS.md, "The baselines": R101 with a 97-class classifier (AP-GeM: the file has none)

@@ -18,10 +18,10 @@ from PIL import Image
 
 from benchmarks import index as index_benchmark
 from datasets.collection import CollectionImages
-from networks import load_token
 from retrieval.extract import extract, prepare_model
 from retrieval.index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, Index, query, search_kind
 from tests.test_test import DB_SIZES, _image, write_checkpoint
+from weights import load_token
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("token_index_script", ROOT / "index.py")
