@@ -1,7 +1,7 @@
 """Imports point down: each layer uses only the layers below it, and no code imports a script.
 
-    utils  <  datasets, networks  <  weights  <  training, retrieval  <  scripts (train, test, demo, visualize, index),
-    benchmarks
+    utils  <  datasets, networks  <  weights  <  training, retrieval  <  scripts (train, test, demo, visualize, index,
+    hubconf), benchmarks
 """
 
 import ast
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"train", "test", "demo", "visualize", "index"}
+SCRIPTS = {"train", "test", "demo", "visualize", "index", "hubconf"}  # hubconf.py: torch.hub's entry points
 # package -> the project's top-level names it may import (besides itself)
 ALLOWED = {"utils": set(), "datasets": {"utils"}, "networks": {"utils"},
            "weights": {"utils", "datasets", "networks"},
@@ -54,3 +54,13 @@ def test_each_exception_is_still_needed():
 
 def test_no_script_imports_another_script():
     assert not upward_imports([ROOT / f"{script}.py" for script in sorted(SCRIPTS)], set(ALLOWED))
+
+
+def test_networks_re_exports_the_model_loaders_of_weights():
+    import networks
+    import weights
+    from networks import Token, load_model, load_token  # noqa: F401, the names of the README and notebooks
+
+    assert (load_model, load_token) == (weights.load_model, weights.load_token)
+    with pytest.raises(AttributeError, match="module 'networks' has no attribute 'load_nothing'"):
+        networks.load_nothing  # noqa: B018
