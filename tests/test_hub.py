@@ -59,7 +59,7 @@ def test_torch_hub_lists_one_entry_per_loadable_release():
     assert {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")} == NAMES
     assert {release.hub_name for release in zoo.RELEASES if release.config} == NAMES  # all but R101-HOW
     assert all(importlib.util.find_spec(package) for package in hubconf.dependencies)
-    assert "R101-RMAC" in hubconf.rmac_r101.__doc__
+    assert "R101-RMAC" in hubconf.rmac_r101.__doc__ and all(name in hubconf.__doc__ for name in NAMES)
 
 
 def test_without_pretrained_the_architecture_in_eval_mode_and_no_download(hub_dir):
