@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from networks.checkpoint import LAST
+from training.checkpointer import LAST
 from training.engine import Diverged
 from training.options import parse_args
 from training.run import train

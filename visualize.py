@@ -14,12 +14,12 @@ Figure sizes are fixed by ``--width`` (pixels) so every PNG has a known size. Th
 
 import argparse
 
-from networks import load_token
 from retrieval.figures import plot_attention, plot_retrievals
 from utils import checks
 from utils.errors import fail_cleanly, require_path
 from utils.paths import writable_file
 from utils.training_log import plot_training_curves
+from weights import load_token
 
 
 def parse_args(argv=None):

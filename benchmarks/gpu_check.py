@@ -309,9 +309,9 @@ def test_stage(seconds, report, checkpoint, world, work, profile, device, worker
 def float32_descriptors(checkpoint, world, profile, device, workers):
     """``{"query", "db"}``: float32 descriptors of the test set as test.py extracts them (same flags but --amp)."""
     from datasets.revisitop import RevisitopImages, load_revisitop
-    from networks import load_token
     from retrieval.evaluation import EvalSettings
     from retrieval.extract import extract, prepare_model
+    from weights import load_token
 
     settings = EvalSettings(checkpoint=str(checkpoint), data_root=str(world.root), imsize=profile.test_imsize)
     dataset = load_revisitop(world.root, world.test_name)
@@ -375,8 +375,9 @@ def _training_rate(profile, env, amp):
 
 def extract_speed_stage(seconds, report, checkpoint, profile, device):
     """Multi-scale extraction images/s, batch 1 and batched, float32 and AMP; AMP vs float32 descriptors."""
-    from networks import Token, load_token
+    from networks import Token
     from retrieval.extract import SCALES, extract, prepare_model
+    from weights import load_token
 
     deadline = time.monotonic() + seconds
     trained = checkpoint is not None

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from networks import load_model
 from utils.errors import InputError
 from utils.interrupts import interrupts_deferred
+from weights import load_model
 
 SCALES = (1.0, 2 ** 0.5, 2 ** -0.5)
 
@@ -63,7 +63,7 @@ def prepare_model(model, device):
 
 
 def load_for_extraction(checkpoint, device):
-    """The model of ``checkpoint`` (a file that ``networks.load_model`` reads, or a released name, looked up in
+    """The model of ``checkpoint`` (a file that ``weights.load_model`` reads, or a released name, looked up in
     models/) ready for extraction on ``device``: the one place where test.py and index.py load their model."""
     return prepare_model(load_model(checkpoint), device)
 

@@ -16,14 +16,14 @@ import os
 from dataclasses import KW_ONLY, MISSING, dataclass, field, fields, replace
 
 from datasets.revisitop import R1M
-from networks import zoo
-from networks.zoo import MODELS_DIR, RELEASED
 from retrieval.descriptor_whitening import DEFAULT_POWER
 from retrieval.extract import SCALES
 from retrieval.features import SHARD_SIZE
 from retrieval.search import ALPHA, TOP_N
 from utils.errors import InputError
 from utils.paths import writable_folder
+from weights import zoo
+from weights.zoo import MODELS_DIR, RELEASED
 
 EXTRACTION_PROTOCOLS = ("token", "dir")
 MAX_SCALE = 4.0  # the largest scale accepted: an image's side times 4 (the protocol's largest is sqrt 2)
@@ -36,7 +36,7 @@ INDEX_WHITENING = "apply {} before the search"
 class ExtractionSettings:
     """How descriptors are computed: one field per flag of the extraction group, of the same name and default."""
 
-    checkpoint: str  # any model file networks.load_model reads, or a released model's name (networks.zoo)
+    checkpoint: str  # any model file weights.load_model reads, or a released model's name (weights.zoo)
     _: KW_ONLY
     models_dir: str = MODELS_DIR  # where a released name is looked up
     imsize: int = 1024

@@ -11,8 +11,8 @@ import tarfile
 import pytest
 
 from datasets.download import MAX_MEMBER_BYTES, DownloadError, archive, extract_archive, fetch, main
-from networks import zoo
 from tests.http_server import Server, jpeg, tar_bytes, tgz
+from weights import zoo
 
 
 def noise(n, seed=0):

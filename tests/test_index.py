@@ -18,11 +18,11 @@ from PIL import Image
 
 from benchmarks import index as index_benchmark
 from datasets.collection import CollectionImages
-from networks import load_token
 from retrieval.extract import extract, prepare_model
 from retrieval.image_index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, ImageIndex, query, search_kind
 from retrieval.settings import ExtractionSettings, extraction_fields, get_args_parser
 from tests.test_test import DB_SIZES, _image, write_checkpoint
+from weights import load_token
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("token_index_script", ROOT / "index.py")

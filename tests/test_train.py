@@ -18,17 +18,19 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import train
+import training.checkpointer
 import training.run
 from datasets.gldv2 import GLDV2_DIR, LandmarkImages, collate_skip_bad, image_path, load_gldv2, val_transform
-from networks import Token, load_token
-from networks.checkpoint import load_training_state, save_checkpoint
+from networks import Token
 from tests.conftest import ROOT
+from training.checkpointer import load_training_state
 from training.engine import validate
 from training.optim import lr_factor
 from training.options import get_args_parser
 from utils.distributed import DistEnv, ShardSampler, TrainSampler
 from utils.errors import EXIT_DIVERGED
 from utils.training_log import read_metrics
+from weights import load_token, save_checkpoint
 
 COMMON = ["--backbone", "resnet18", "--imsize", "64", "--no-pretrained", "--workers", "0", "--log-every", "2",
           "--batch-size", "4"]
@@ -80,14 +82,14 @@ class Killed(Exception):
 
 def kill_after_saving(monkeypatch, step):
     """Make train.py stop right after it has written a checkpoint of ``step``."""
-    real_save = training.run.save_checkpoint
+    real_save = training.checkpointer.save_checkpoint
 
     def save_then_kill(state, path):
         real_save(state, path)
         if state["step"] == step:
             raise Killed
 
-    monkeypatch.setattr(training.run, "save_checkpoint", save_then_kill)
+    monkeypatch.setattr(training.checkpointer, "save_checkpoint", save_then_kill)
 
 
 def test_help_mentions_every_flag():
