@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py: one line and exit 0 without CUDA; the CPU smoke run goes through every stage (torchrun
+"""benchmarks/gpu_check/: one line and exit 0 without CUDA; the CPU smoke run goes through every stage (torchrun
 training, resume, the one-rank DDP group, test.py and its descriptor check, the timings, the JSON); the cosine
 check, the budget and the stopping of a stage that runs out of time."""
 
