@@ -23,3 +23,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def gldv2(tmp_path_factory):
+    """A data root in the authors' layout: the small set in DIR/Google-landmark-v2, as train.py's --data-root. Shared
+    by the ``test_faults_*`` files: their tests read it, and the split cache train.py writes there is the same for
+    each."""
+    from datasets.gldv2 import GLDV2_DIR
+    from tests.test_train import small_set  # imported here: tests.test_train imports this module
+
+    root = tmp_path_factory.mktemp("data")
+    small_set(root / GLDV2_DIR)
+    return root
+
