@@ -37,3 +37,14 @@ def gldv2(tmp_path_factory):
     small_set(root / GLDV2_DIR)
     return root
 
+
+@pytest.fixture(scope="session")
+def eval_inputs(tmp_path_factory):
+    """test.py's data root (the generated roxford5k-format set and R1M distractors) and a small Token checkpoint,
+    shared by the ``test_test_*`` files: their tests copy the data root before they change it."""
+    from tests.eval_sets import write_checkpoint, write_mini_set, write_r1m  # tests.eval_sets imports this module
+
+    base = tmp_path_factory.mktemp("eval")
+    write_mini_set(base / "data")
+    write_r1m(base / "data")
+    return base / "data", write_checkpoint(base / "token.pth")

@@ -14,7 +14,7 @@ from benchmarks import search as search_benchmark
 from benchmarks.common import table, write_json
 from retrieval.revisited import PROTOCOLS
 from retrieval.search import R1M_COMPRESSED, CompressedSearch, ExactSearch, principal_directions
-from tests.test_test import run_test, write_checkpoint, write_mini_set, write_r1m
+from tests.eval_sets import run_test, write_checkpoint, write_mini_set, write_r1m
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,7 @@ from datasets.collection import CollectionImages
 from retrieval.extract import extract, prepare_model
 from retrieval.image_index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, ImageIndex, query, search_kind
 from retrieval.settings import ExtractionSettings, extraction_fields, get_args_parser
-from tests.test_test import DB_SIZES, _image, write_checkpoint
+from tests.eval_sets import DB_SIZES, random_image, write_checkpoint
 from weights import load_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def write_images(folder, count, seed=0, prefix="img"):
     for i in range(count):
         path = Path(folder) / ("sub" if i % 3 == 0 else "") / f"{prefix}_{i:03d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _image(rng, *DB_SIZES[i % len(DB_SIZES)]).save(path, quality=90)
+        random_image(rng, *DB_SIZES[i % len(DB_SIZES)]).save(path, quality=90)
         paths.append(str(path))
     return paths
 

@@ -12,7 +12,7 @@ import pytest
 from networks.pca_whitening import PCAWhitening
 from retrieval.descriptor_whitening import save_whitening
 from retrieval.revisited import PROTOCOLS, revisited_map
-from tests.test_test import DIM, R1M_IMAGES, run_test, write_checkpoint, write_mini_set, write_r1m
+from tests.eval_sets import DIM, R1M_IMAGES, run_test, write_checkpoint, write_mini_set, write_r1m
 
 POWER = 0.5
 

@@ -13,8 +13,8 @@ from datasets.images import to_normalized_tensor
 from datasets.revisitop import load_revisitop
 from networks import RMAC, APGeM
 from retrieval.revisited import revisited_map
+from tests.eval_sets import TEST_ARGS, run_test, test_py, write_mini_set
 from tests.released import dirtorch_names, fitted_pca, save_deep_image_retrieval
-from tests.test_test import TEST_ARGS, run_test, test_py, write_mini_set
 from weights import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
