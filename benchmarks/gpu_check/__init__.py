@@ -46,7 +46,7 @@ __all__ = ["KILL_GRACE_S", "OutOfTime", "Report", "check_cosines", "get_args_par
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=None, help="JSON report (default runs/benchmarks/gpu_check[-smoke].json)")
     parser.add_argument("--budget-s", type=float, default=300,
