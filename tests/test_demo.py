@@ -73,7 +73,9 @@ def test_bad_training_settings_stop_the_demo_before_any_work(tmp_path, capsys):
 
 
 def test_the_demo_recipe_lifts_the_token_by_20_medium_points(tmp_path, capfd):
-    """The demo exactly as `make demo` runs it (its world, recipe and jobs), in a temporary folder."""
-    summary, _, _ = run_demo(capfd, "--run-dir", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"))
+    """The demo's world and recipe as `make demo` runs them, in a temporary folder, without the GeM row: each model
+    trains and is evaluated on one thread of its own, so the two rows compared are those `make demo` prints."""
+    summary, _, _ = run_demo(capfd, "--models", "token", "untrained", "--run-dir", str(tmp_path / "run"),
+                             "--data-root", str(tmp_path / "data"))
     untrained, token = (summary["mAP"][name]["medium"] for name in ("untrained Token", "trained Token"))
     assert token >= untrained + 20, summary["mAP"]
