@@ -17,6 +17,7 @@ from retrieval.features import SHARD_SIZE, save_json
 from retrieval.figures import plot_search_results
 from retrieval.index import EXACT_MAX_IMAGES, SKIPPED, Index, IndexSettings, add, build, learn_whitening, query
 from retrieval.whitening_files import DEFAULT_POWER, save_whitening
+from utils.checks import finite_float_flags
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
 
@@ -104,7 +105,7 @@ def get_args_parser():
     w.add_argument("--out", required=True, metavar="W.npz", help="whitening file to write (for build, query and "
                                                                   "test.py --whiten-file)")
     w.add_argument("--dims", type=int, metavar="N", help="keep the N leading directions (default: all there are)")
-    return parser
+    return finite_float_flags(parser)
 
 
 def _say_index(summary, index_dir):

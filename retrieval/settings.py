@@ -16,6 +16,7 @@ from retrieval.extract import MAX_SCALE, SCALES, check_extraction
 from retrieval.features import SHARD_SIZE
 from retrieval.search import ALPHA, TOP_N
 from retrieval.whitening_files import DEFAULT_POWER
+from utils.checks import finite_float_flags
 from utils.errors import InputError
 from utils.paths import writable_folder
 
@@ -135,7 +136,7 @@ def get_args_parser():
     output.add_argument("--report", default=default["report"], metavar="FILE.html",
                         help="also write one self-contained HTML page: the mAP table, then every query by its "
                              "Medium AP, worst first, with its top 10 framed by relevance")
-    return parser
+    return finite_float_flags(parser)
 
 
 def parse_settings(argv=None):
