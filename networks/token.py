@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.arcface import ArcFace, ArcFaceModel
+from networks.arcface import ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import TokenConfig
 from networks.lfsa import LFSA
@@ -51,9 +51,7 @@ class Token(ArcFaceModel):
             self.pool = SPoC() if config.aggregation == "spoc" else GeM()
             pooled_dim = dim
         self.projection = nn.Sequential(nn.Linear(pooled_dim, config.out_dim), nn.BatchNorm1d(config.out_dim))
-        self.arcface = None
-        if num_classes:
-            self.arcface = ArcFace(config.out_dim, num_classes, config.arcface_margin, config.arcface_scale)
+        self.add_arcface(num_classes)
 
     def local_features(self, images):
         """Context-aware local features (B, N, d) and the feature map size (H, W)."""
