@@ -344,12 +344,23 @@ def test_samplers_split_the_data_between_ranks():
     assert list(samplers[0]) == full[0][4:] and len(samplers[0]) == 4
 
 
-def test_experiment_sh_is_posix_and_runs_the_recipe(tmp_path):
+PAPER_RECIPE = {"model": "token", "backbone": "resnet101", "pretrained": True, "batch_size": 128, "imsize": 512,
+                "epochs": 30, "optimizer": "sgd", "lr": 0.01, "weight_decay": 1e-4, "momentum": 0.9,
+                "schedule": "linear", "out_dim": 1024, "refinement_blocks": 2, "arcface_margin": 0.2,
+                "arcface_scale": 32.0}  # the paper's "Training details"
+
+
+def test_experiment_sh_runs_train_py_defaults_which_are_the_papers_recipe(tmp_path):
     subprocess.run(["sh", "-n", "experiment.sh"], cwd=ROOT, check=True)
     env = {**os.environ, "TORCHRUN": "echo", "NPROC": "2", "DATA_ROOT": "/data/gldv2", "OUTPUT_DIR": str(tmp_path)}
     line = subprocess.run(["sh", "experiment.sh", "--amp", "bf16"], cwd=ROOT, env=env, capture_output=True,
                           text=True, check=True).stdout.split()
-    for flag, value in [("--nproc_per_node", "2"), ("--nnodes", "1"), ("--batch-size", "128"), ("--imsize", "512"),
-                        ("--epochs", "30"), ("--backbone", "resnet101"), ("--data-root", "/data/gldv2"),
-                        ("--output-dir", str(tmp_path)), ("--resume", "auto"), ("--amp", "bf16")]:
+    for flag, value in [("--nproc_per_node", "2"), ("--nnodes", "1")]:
         assert line[line.index(flag) + 1] == value, flag
+    train_flags = line[[word.endswith("/train.py") for word in line].index(True) + 1:]
+    assert [word for word in train_flags if word.startswith("--")] == ["--data-root", "--output-dir", "--resume",
+                                                                       "--amp"]  # the recipe is train.py's alone
+    args = vars(get_args_parser().parse_args(train_flags))
+    assert (args["data_root"], args["output_dir"], args["resume"], args["amp"]) == ("/data/gldv2", str(tmp_path),
+                                                                                   "auto", "bf16")
+    assert {k: args[k] for k in PAPER_RECIPE} == PAPER_RECIPE
