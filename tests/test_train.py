@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 import train
 import training.run
-from datasets.gldv2 import GLDV2_DIR, LandmarkImages, collate_skip_bad, image_path, load_gldv2, val_transform
+from datasets.gldv2 import GLDV2_DIR, LandmarkImages, collate_skip_bad, image_path, load_gldv2
+from datasets.transforms import val_transform
 from networks import Token, load_token
 from networks.checkpoint import load_training_state, save_checkpoint
 from tests.conftest import ROOT

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.distributed import ReduceOp
 from tqdm import tqdm
 
-from datasets.transforms import BatchColorJitter, normalize, to_unit
+from datasets.transforms import device_jitter, on_device
 from utils.distributed import all_reduce, broadcast_buffers
 from utils.metrics import StepMeter
 
@@ -29,29 +29,10 @@ def memory_format(device):
 
 
 def to_device(images, env, augment=None):
-    """A batch on ``env.device`` in its memory format. A uint8 batch (``--pipeline fast``) is made float there,
-    augmented by ``augment`` (the colour jitter) and ImageNet-normalised; a float batch (``--pipeline released``,
-    val) arrives normalised by the loader."""
-    images = images.to(env.device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        images = to_unit(images)
-        if augment is not None:
-            images = augment(images)
-        images = normalize(images)
+    """A batch on ``env.device`` in its memory format, made float, augmented by ``augment`` and normalised there
+    when it comes uint8 (``datasets.transforms.on_device``)."""
+    images = on_device(images.to(env.device, non_blocking=True), augment)
     return images.to(memory_format=memory_format(env.device))
-
-
-def jitter_on_device(env):
-    """Whether the fast pipeline leaves the colour jitter to the device: on a GPU. On the CPU, PIL's 8-bit jitter
-    in the loader processes costs less than the batch jitter (README, "Speed and memory")."""
-    return env.device.type == "cuda"
-
-
-def device_jitter(args, env):
-    """The colour jitter the fast pipeline leaves to the device, or None (off, or done in the loader)."""
-    if not (args.jitter and args.jitter_p and jitter_on_device(env)):
-        return None
-    return BatchColorJitter(args.color_jitter, args.jitter_p)
 
 
 def derived_seed(*keys):
@@ -163,7 +144,7 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args
     bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                disable=not (env.is_main and args.progress), dynamic_ncols=True, mininterval=1.0)
     usable = 0  # the micro-batches of the current optimizer step that were usable on this rank
-    augment = device_jitter(args, env)
+    augment = device_jitter(args, env.device)
     for i, (images, labels, skipped) in enumerate(loader):
         meter.count_skipped(skipped)
         last_micro = (i + 1) % args.update_every == 0
