@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TEST_JOBS ?= 2  # pytest processes; one test file stays in one process (its fixtures are built once)
-# --no-compile: modules are byte-compiled when first imported, not all of torch up front (README, "The demo")
+# --no-compile: modules are byte-compiled when first imported, not all of torch up front (docs/benchmarks.md)
 PIP := $(VENV)/bin/pip install --quiet --no-compile --disable-pip-version-check
 
 .PHONY: setup setup-dev demo test lint

@@ -28,19 +28,19 @@ from pathlib import Path
 import torch
 
 from datasets.synthetic import ensure_generated
-from networks import build_model, load_token
-from networks.checkpoint import model_state, save_checkpoint
+from networks import build_model
 from retrieval.evaluation import EvalSettings, evaluate_checkpoint
-from retrieval.features import save_json
 from retrieval.figures import plot_attention, plot_retrievals
 from retrieval.revisited import PROTOCOLS
 from training.options import check_args, parse_args
 from training.recipes import DEMO, QUICK
 from training.run import train
+from utils.atomic import save_json
 from utils.distributed import DistEnv
 from utils.errors import InputError, fail_cleanly
-from utils.metrics import plot_training_curves
 from utils.paths import writable_folder
+from utils.training_log import plot_training_curves
+from weights import load_token, model_state, save_checkpoint
 
 # --models name (also its folder under --run-dir) -> its row of the table, in the table's order
 ROWS = {"untrained": "untrained Token", "token": "trained Token", "gem": "trained GeM baseline",

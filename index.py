@@ -6,17 +6,23 @@
     python index.py whiten --index runs/photos --out W.npz
     torchrun --nproc_per_node 4 index.py build --images list.txt --root /data --checkpoint CKPT --index /shared/idx
 
-The index folder's layout and the work are ``retrieval.index``; this script is its command line.
+The index folder's layout and the work are ``retrieval.image_index``; this script is its command line.
 """
 
 import argparse
 import os
 
-from retrieval.extract import SCALES
-from retrieval.features import SHARD_SIZE, save_json
+from retrieval.descriptor_whitening import save_whitening
 from retrieval.figures import plot_search_results
-from retrieval.index import EXACT_MAX_IMAGES, SKIPPED, Index, IndexSettings, add, build, learn_whitening, query
-from retrieval.whitening_files import DEFAULT_POWER, save_whitening
+from retrieval.image_index import EXACT_MAX_IMAGES, SKIPPED, ImageIndex, add, build, learn_whitening, query
+from retrieval.settings import (
+    INDEX_WHITENING,
+    ExtractionSettings,
+    add_extraction_arguments,
+    add_whitening_arguments,
+    extraction_fields,
+)
+from utils.atomic import save_json
 from utils.checks import finite_float_flags
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
@@ -30,27 +36,6 @@ def _images(parser):
                         help="with a text file: the folder its relative paths start from (default: the file's own)")
 
 
-def _run(parser):
-    parser.add_argument("--batch-size", type=int, default=8, help="images of equal size that go through the model "
-                                                                  "together")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="image-loading processes per extraction process")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: CUDA when available (one GPU per torchrun process), else CPU")
-    parser.add_argument("--shard-size", type=int, default=SHARD_SIZE,
-                        help="images per feature shard: the unit that processes share and a killed run resumes from")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-
-
-def _whitening(parser, default_power):
-    parser.add_argument("--whiten-file", metavar="W.npz",
-                        help="apply this PCA whitening (python index.py whiten writes one) before the search")
-    parser.add_argument("--whiten-power", type=float, default=default_power, metavar="P",
-                        help="whitening power: 0.5 full whitening, 0 a plain PCA projection"
-                             + (f" (default {DEFAULT_POWER})" if default_power is not None else
-                                " (default: the index's)"))
-
-
 def get_args_parser():
     parser = argparse.ArgumentParser(description="Retrieval on your own images: build an index of a folder or an "
                                                  "image list with a model checkpoint, add images to it, query it, "
@@ -62,30 +47,21 @@ def get_args_parser():
     b = commands.add_parser("build", formatter_class=fmt, help="index the images of a folder or a list (replaces the "
                                                                "index; reuses or resumes its extraction)")
     _images(b)
-    b.add_argument("--checkpoint", required=True,
-                   help="any model file test.py reads (Token, a Table 1 baseline, a deep-image-retrieval .pt, one "
-                        "written by train.py) or a released model's name, looked up in models/")
     b.add_argument("--index", required=True, metavar="DIR", help="index folder to write")
-    b.add_argument("--imsize", type=int, default=1024, help="longer side of the resized images")
-    b.add_argument("--scales", type=float, nargs="+", default=list(SCALES), help="scales of the multi-scale "
-                                                                                  "descriptor")
-    b.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
-    b.add_argument("--whiten", metavar="NAME", help="apply the checkpoint's learned whitening NAME before the search")
-    _whitening(b, DEFAULT_POWER)
+    add_extraction_arguments(b, INDEX_WHITENING)
     kind = b.add_mutually_exclusive_group()
     kind.add_argument("--exact", dest="search", action="store_const", const="exact",
                       help="exact inner-product search whatever the size")
     kind.add_argument("--compressed", dest="search", action="store_const", const="compressed",
                       help="the compressed index of test.py --r1m whatever the size")
     b.set_defaults(search="auto")
-    _run(b)
     b.epilog = f"Without --exact or --compressed: exact search up to {EXACT_MAX_IMAGES:,} images, compressed beyond."
 
     a = commands.add_parser("add", formatter_class=fmt, help="append new images with the index's own checkpoint and "
                                                              "settings; indexed paths are skipped")
     _images(a)
     a.add_argument("--index", required=True, metavar="DIR", help="index folder written by build")
-    _run(a)
+    add_extraction_arguments(a, None, model=False)
 
     q = commands.add_parser("query", formatter_class=fmt, help="print the top K of each query image")
     q.add_argument("--index", required=True, metavar="DIR", help="index folder written by build")
@@ -96,7 +72,7 @@ def get_args_parser():
     q.add_argument("--topk", type=int, default=10, metavar="K", help="results per query")
     q.add_argument("--json", metavar="FILE", help='also write [{"query", "results": [{"path", "score"}]}] here')
     q.add_argument("--figure", metavar="PNG", help="also draw a contact sheet: each query, then its results")
-    _whitening(q, None)
+    add_whitening_arguments(q, INDEX_WHITENING, power=None, learned=False)
     q.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the query descriptors "
                                                                                      "are computed")
 
@@ -139,7 +115,7 @@ def run_query(args):
         if not os.path.isfile(image):
             raise InputError(f"query image {image} not found")
     boxes = _boxes(args)
-    index = Index(args.index, resolve_device(args.device), args.whiten_file, args.whiten_power)
+    index = ImageIndex(args.index, resolve_device(args.device), args.whiten_file, args.whiten_power)
     results, ms = query(index, args.images, args.topk, boxes)
     for entry in results:
         print(f"query {entry['query']}")
@@ -164,15 +140,11 @@ def main(argv=None):
         return print(f"wrote {args.out}")
     env = init_distributed(args.device)
     try:
-        run = dict(batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
-                   progress=args.progress)
         if args.command == "build":
-            settings = IndexSettings(checkpoint=args.checkpoint, imsize=args.imsize, scales=args.scales, amp=args.amp,
-                                     whiten=args.whiten, whiten_file=args.whiten_file,
-                                     whiten_power=args.whiten_power, search=args.search, **run)
-            summary = build(args.images, args.index, settings, env, args.root)
+            settings = ExtractionSettings(**extraction_fields(args))
+            summary = build(args.images, args.index, settings, env, args.root, args.search)
         else:
-            summary = add(args.images, args.index, env, args.root, **run)
+            summary = add(args.images, args.index, env, args.root, **extraction_fields(args))
         if env.is_main:
             if args.command == "add":
                 print(f">> {summary['already']} already indexed or skipped before, {summary['added']} added",

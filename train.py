@@ -17,14 +17,12 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from networks.checkpoint import LAST
+from training.checkpointer import LAST
 from training.engine import Diverged
 from training.options import parse_args
 from training.run import train
 from utils.distributed import cleanup, init_distributed
-from utils.errors import fail_cleanly
-
-EXIT_DIVERGED = 3
+from utils.errors import EXIT_DIVERGED, fail_cleanly
 
 
 @fail_cleanly

@@ -9,17 +9,17 @@ per query, the query with its box and the top-k database images framed green (ea
 (negative) or grey (junk), as in the paper's qualitative figure. ``attention`` overlays each token's spatial
 attention (paper, Fig. 3a): the tokenizer's assignment and the last refinement block's cross-attention.
 Figure sizes are fixed by ``--width`` (pixels) so every PNG has a known size. The plotting lives in
-``retrieval.figures`` and ``utils.metrics``.
+``retrieval.figures`` and ``utils.training_log``.
 """
 
 import argparse
 
-from networks import load_token
 from retrieval.figures import plot_attention, plot_retrievals
 from utils import checks
 from utils.errors import fail_cleanly, require_path
-from utils.metrics import plot_training_curves
 from utils.paths import writable_file
+from utils.training_log import plot_training_curves
+from weights import load_token
 
 
 def parse_args(argv=None):

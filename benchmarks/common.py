@@ -136,7 +136,8 @@ def synthetic_world(data_dir, quick):
 def benchmark_model(checkpoint, seed=0):
     """``(model in eval mode, info)``: the Token in ``checkpoint``, or, when there is no such file, a freshly
     initialised resnet18 Token of the paper's descriptor size (1024), which ``info["note"]`` says."""
-    from networks import Token, load_token
+    from networks import Token
+    from weights import load_token
 
     if checkpoint and Path(checkpoint).is_file():
         model = load_token(checkpoint)

@@ -309,9 +309,9 @@ def test_stage(seconds, report, checkpoint, world, work, profile, device, worker
 def float32_descriptors(checkpoint, world, profile, device, workers):
     """``{"query", "db"}``: float32 descriptors of the test set as test.py extracts them (same flags but --amp)."""
     from datasets.revisitop import RevisitopImages, load_revisitop
-    from networks import load_token
     from retrieval.evaluation import EvalSettings
     from retrieval.extract import extract, prepare_model
+    from weights import load_token
 
     settings = EvalSettings(checkpoint=str(checkpoint), data_root=str(world.root), imsize=profile.test_imsize)
     dataset = load_revisitop(world.root, world.test_name)
@@ -351,7 +351,7 @@ def _training_rate(profile, env, amp):
     from training.engine import forward_backward, memory_format, optimizer_step
     from training.optim import build_optimizer
     from training.options import get_args_parser
-    from utils.metrics import StepMeter
+    from utils.training_log import StepMeter
 
     args = get_args_parser().parse_args([*profile.model, "--imsize", str(profile.imsize), "--amp", amp])
     torch.manual_seed(0)
@@ -375,8 +375,9 @@ def _training_rate(profile, env, amp):
 
 def extract_speed_stage(seconds, report, checkpoint, profile, device):
     """Multi-scale extraction images/s, batch 1 and batched, float32 and AMP; AMP vs float32 descriptors."""
-    from networks import Token, load_token
+    from networks import Token
     from retrieval.extract import SCALES, extract, prepare_model
+    from weights import load_token
 
     deadline = time.monotonic() + seconds
     trained = checkpoint is not None

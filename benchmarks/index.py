@@ -3,12 +3,13 @@
     python -m benchmarks.index             # 10k, 30k and 100k images of 1024 dimensions (~1 min)
     python -m benchmarks.index --quick     # 2k and 8k (CI)
 
-For each size: the two search structures ``retrieval.index.search_structure`` builds (exact inner product,
+For each size: the two search structures ``retrieval.image_index.search_structure`` builds (exact inner product,
 faiss IndexFlatIP; the compressed index of test.py --r1m), their build time, the median latency of one query's
 top-10 search on one thread (what ``index.py query`` does per image), and the compressed index's recall@10
 against exact search. The descriptors are L2-normalised draws from a Gaussian whose variance lies mostly in 128
 random directions around a common mean (``gaussian``, ``benchmarks.search.sample``), seeded; latency does not
-depend on them, recall does (the README's search benchmark measures it on descriptors shaped like real ones).
+depend on them, recall does (the search benchmark of docs/benchmarks.md measures it on descriptors shaped like
+real ones).
 Exact search costs time in proportion to the images: a line through the origin fitted to its latencies gives the
 size at which it reaches ``EXACT_BUDGET_MS``, which ``EXACT_MAX_IMAGES`` was set from.
 """
@@ -20,10 +21,10 @@ import numpy as np
 from benchmarks import common
 from benchmarks.common import table, timed
 from benchmarks.search import latency, recall, sample
-from retrieval.index import EXACT_MAX_IMAGES, search_structure
+from retrieval.image_index import EXACT_MAX_IMAGES, search_structure
 
 # exact search while one query takes less: below the cost of the query image's own descriptor (~100 ms for the
-# demo's resnet18 on the CPU, README), and nothing lost to compression
+# demo's resnet18 on the CPU, docs/benchmarks.md), and nothing lost to compression
 EXACT_BUDGET_MS = 50.0
 K = 10
 QUERIES = 200
@@ -32,7 +33,8 @@ NOISE = 0.02  # isotropic standard deviation added in every dimension
 
 def gaussian(dim, rank=128, seed=0, cosine=0.4):
     """``(mean, factor)`` of a Gaussian whose variance lies in ``rank`` random directions, decreasing, around a
-    mean that gives its unit draws a mean pairwise cosine of about ``cosine`` (real descriptors: 0.43, README)."""
+    mean that gives its unit draws a mean pairwise cosine of about ``cosine`` (real descriptors: 0.43,
+    docs/benchmarks.md)."""
     rank = min(rank, dim - 1)
     basis = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, rank + 1)))[0]
     factor = basis[:, 1:] * np.linspace(1, 0.1, rank)

@@ -37,7 +37,7 @@ from benchmarks.common import OUT_DIR, mib, table, timed
 from datasets.revisitop import RevisitopImages, load_revisitop
 from retrieval.extract import SCALES, extract, prepare_model
 from retrieval.revisited import PROTOCOLS, revisited_map
-from retrieval.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, PQIndex
+from retrieval.search import R1M_COMPRESSED, CompressedSearch, ExactSearch, PQSearch
 
 CACHE_DIR = OUT_DIR / "cache"
 
@@ -144,29 +144,29 @@ def configurations(dim, quick):
     nlist = 64 if quick else 512
     pick = R1M_COMPRESSED
     return [
-        ("exact float32", lambda parts, size: ExactIndex(parts), None),
-        ("float16", lambda parts, size: CompressedIndex(parts, "SQfp16", train_size=size), None),
-        ("8-bit SQ", lambda parts, size: CompressedIndex(parts, "SQ8", train_size=size), None),
-        (f"PQ{m}x{bits}", lambda parts, size: PQIndex(parts, m, bits, train_size=size), None),
-        (f"IVF{nlist}-PQ{m}x{bits}", lambda parts, size: PQIndex(parts, m, bits, nlist, train_size=size),
+        ("exact float32", lambda parts, size: ExactSearch(parts), None),
+        ("float16", lambda parts, size: CompressedSearch(parts, "SQfp16", train_size=size), None),
+        ("8-bit SQ", lambda parts, size: CompressedSearch(parts, "SQ8", train_size=size), None),
+        (f"PQ{m}x{bits}", lambda parts, size: PQSearch(parts, m, bits, train_size=size), None),
+        (f"IVF{nlist}-PQ{m}x{bits}", lambda parts, size: PQSearch(parts, m, bits, nlist, train_size=size),
          (16, 64) if quick else (16, 64, 128)),
         ("test.py --r1m pick",
-         lambda parts, size: CompressedIndex(parts, pick["codec"], pick["dims"], pick["nlist"], pick["nprobe"],
+         lambda parts, size: CompressedSearch(parts, pick["codec"], pick["dims"], pick["nlist"], pick["nprobe"],
                                              train_size=size),
          (32, 64, pick["nprobe"]) if quick else (32, 64, pick["nprobe"], 256)),
     ]
 
 
 def set_nprobe(index, nprobe):
-    if isinstance(index, PQIndex):
+    if isinstance(index, PQSearch):
         index.index.nprobe = nprobe
     else:
         index.nprobe = nprobe
 
 
 def _label(index, nprobe):
-    """The index's label (``PQIndex`` writes its nprobe into it when built)."""
-    if isinstance(index, PQIndex) and nprobe is not None:
+    """The index's label (``PQSearch`` writes its nprobe into it when built)."""
+    if isinstance(index, PQSearch) and nprobe is not None:
         return index.label.rsplit("nprobe", 1)[0] + f"nprobe{nprobe}"
     return index.label
 
@@ -288,7 +288,7 @@ def main(argv=None):
     extra = max(0, min(settings["queries"] - len(real["query"]), len(real["train"])))
     chosen = np.sort(rng.choice(len(real["train"]), extra, replace=False))
     queries = np.concatenate([real["query"], real["train"][chosen]])
-    exact_db = ExactIndex([real["db"]])
+    exact_db = ExactSearch([real["db"]])
     small = revisited_map(exact_db.scores(real["query"]), gnd)
     print(f"database: {len(real['db'])} synthetic images + {settings['distractors']:,} distractors = {n:,}; "
           f"{len(queries)} queries ({len(real['query'])} real synthetic queries, the rest real training "

@@ -3,7 +3,7 @@ GeM with a learned power (AP-GeM, TL-GeM) or max pooling (TL-MAC) -> ``fc`` Line
 (docs/FACTS.md, "deep-image-retrieval's models").
 
 A model read from their ``.pt`` file carries the file's PCA whitening(s) in ``whitening`` (training-set name ->
-``networks.whitening.PCAWhitening``; their published numbers use ``whitening["Landmarks_clean"](x, power=0.25)``)
+``networks.pca_whitening.PCAWhitening``; their published numbers use ``whitening["Landmarks_clean"](x, power=0.25)``)
 and their preprocessing settings in ``preprocess``.
 """
 

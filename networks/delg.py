@@ -18,7 +18,7 @@ from networks.arcface import ArcFace, ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import DELGConfig
 from networks.pooling import GeM, flatten_map
-from networks.whiten import Whiten
+from networks.whitening_layer import WhiteningLayer
 
 
 class LocalAttention(nn.Module):
@@ -51,7 +51,7 @@ class DELG(ArcFaceModel):
         self.config = config = DELGConfig.of(config, **settings)
         self.backbone = Backbone(config.backbone, pretrained, backbone_weights)
         self.pool = GeM(config.gem_p, learn=False)
-        self.whiten = Whiten(self.backbone.channels, config.out_dim)
+        self.whiten = WhiteningLayer(self.backbone.channels, config.out_dim)
         self.add_arcface(num_classes)
         self.local = LocalAttention(self.backbone.channels // 2, config.local_dim, num_classes, config.local_margin,
                                     config.local_scale)

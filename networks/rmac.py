@@ -11,7 +11,7 @@ from networks.arcface import ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import RMACConfig
 from networks.pooling import rmac
-from networks.whiten import Whiten
+from networks.whitening_layer import WhiteningLayer
 
 
 class RMAC(ArcFaceModel):
@@ -21,7 +21,7 @@ class RMAC(ArcFaceModel):
         super().__init__()
         self.config = config = RMACConfig.of(config, **settings)
         self.backbone = Backbone(config.backbone, pretrained, backbone_weights)
-        self.whiten = Whiten(self.backbone.channels, config.out_dim)
+        self.whiten = WhiteningLayer(self.backbone.channels, config.out_dim)
         self.add_arcface(num_classes)
 
     def forward_test(self, images):

@@ -12,7 +12,7 @@ from networks.arcface import ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import SOLARConfig
 from networks.pooling import GeM, flatten_map
-from networks.whiten import Whiten
+from networks.whitening_layer import WhiteningLayer
 
 
 def _embedding(channels, mid):
@@ -54,7 +54,7 @@ class SOLAR(ArcFaceModel):
         self.backbone = Backbone(config.backbone, pretrained, backbone_weights)
         self.soa = SecondOrderAttention(self.backbone.channels)
         self.pool = GeM(config.gem_p, learn=False)
-        self.whiten = Whiten(self.backbone.channels, config.out_dim)
+        self.whiten = WhiteningLayer(self.backbone.channels, config.out_dim)
         self.add_arcface(num_classes)
 
     def forward_test(self, images):

@@ -30,19 +30,19 @@ import time
 from pathlib import Path
 
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
-from networks import load_model as load_any_model
 from retrieval import report as html_report
-from retrieval.extract import extract_spans, prepare_model
-from retrieval.features import FeatureStore, feature_key, save_json
+from retrieval.descriptor_whitening import chosen_whitening, whiten_rows
+from retrieval.extract import extract_spans, load_for_extraction
+from retrieval.features import FeatureStore, feature_key
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
-from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedIndex, ExactIndex, PQIndex, alpha_qe, dba
+from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedSearch, ExactSearch, PQSearch, alpha_qe, dba
 from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
-from retrieval.whitening_files import chosen_whitening, whiten_rows
+from utils.atomic import save_json
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
 
 __all__ = ["EvalSettings", "check_settings", "evaluate_checkpoint", "evaluate_model", "get_args_parser",
-           "load_model", "parse_settings"]
+           "parse_settings"]
 
 
 @contextlib.contextmanager
@@ -78,13 +78,11 @@ def load_test_sets(settings):
     return datasets, distractors
 
 
-def load_model(settings, env):
-    """The checkpoint's model (any that ``networks.load_model`` reads), ready for extraction on ``env.device``."""
-    model = prepare_model(load_any_model(settings.checkpoint, settings.models_dir), env.device)
+def check_model(settings, model):
+    """Raise ``InputError`` for settings that the model cannot run: ``--pq`` must divide its descriptor size."""
     dim = model.config.descriptor_dim
     if settings.pq is not None and dim % settings.pq:
         raise InputError(f"--pq {settings.pq} must divide the descriptor size {dim}")
-    return model
 
 
 def descriptors(store, model, settings, env, dataset, part):
@@ -108,23 +106,23 @@ def indexes(settings, database, device):
     """``(index, qe)`` for every requested search of ``database`` (a list of arrays): exact, exact with
     alpha-QE, with DBA, with both, PQ; without ``pq``, on the +1M database, also the compressed search
     (``R1M_COMPRESSED``) that benchmarks/search.py picked."""
-    exact = ExactIndex(database)
+    exact = ExactSearch(database)
     yield exact, False
     if settings.qe:
         yield exact, True
     if settings.dba:
-        augmented = ExactIndex([dba(exact.all(), settings.top_n, settings.alpha, device)], label="exact+dba")
+        augmented = ExactSearch([dba(exact.all(), settings.top_n, settings.alpha, device)], label="exact+dba")
         yield augmented, False
         if settings.qe:
             yield augmented, True
     if settings.pq is not None:
         try:
-            quantised = PQIndex(database, settings.pq, settings.pq_bits, settings.ivf, settings.nprobe)
+            quantised = PQSearch(database, settings.pq, settings.pq_bits, settings.ivf, settings.nprobe)
         except ValueError as err:
             raise InputError(f"--pq: {err}") from None
         yield quantised, False
     elif settings.r1m and len(database) > 1:  # the database plus the distractors
-        compressed = CompressedIndex(database, **R1M_COMPRESSED)
+        compressed = CompressedSearch(database, **R1M_COMPRESSED)
         print(f">> compressed search: {compressed.label} ({compressed.bytes_per_image} B/image), the pick of "
               "python -m benchmarks.search for R1M; exact search stays the reference", flush=True)
         yield compressed, False
@@ -165,7 +163,7 @@ def evaluate_database(settings, env, name, database, queries, gnd, whitening=Non
     With ``whitening``, exact search of the whitened database and queries too (``exact+whiten``)."""
     searches = ((index, qe, queries) for index, qe in indexes(settings, database, env.device))
     if whitening is not None:
-        whitened = ExactIndex([whiten_rows(whitening, part, settings.whiten_power) for part in database],
+        whitened = ExactSearch([whiten_rows(whitening, part, settings.whiten_power) for part in database],
                               label="exact+whiten")
         whitened_queries = whiten_rows(whitening, queries, settings.whiten_power)
         searches = itertools.chain(searches, [(whitened, False, whitened_queries)])
@@ -231,5 +229,6 @@ def evaluate_checkpoint(settings, env=None):
     with output_folder(settings.output_dir) as output_dir:
         test_sets, distractors = load_test_sets(settings)
         settings = resolve(settings)  # the checkpoint's file, once the data is known to be there
-        model = load_model(settings, env)
+        model = load_for_extraction(settings.checkpoint, env.device)
+        check_model(settings, model)
         return evaluate_model(settings, env, model, test_sets, distractors, output_dir)

@@ -21,24 +21,9 @@ from torch.utils.data import DataLoader, Subset
 
 from utils.errors import InputError
 from utils.interrupts import interrupts_deferred
+from weights import load_model
 
 SCALES = (1.0, 2 ** 0.5, 2 ** -0.5)
-MAX_SCALE = 4.0  # the largest scale accepted: an image's side times 4 (the protocol's largest is sqrt 2)
-
-
-def check_extraction(settings, device):
-    """Raise ``InputError`` naming the flag for extraction settings (test.py's and index.py's ``imsize``,
-    ``scales``, ``batch_size``, ``workers``, ``shard_size``, ``amp``) that cannot run on ``device``.
-    ``imsize`` None (the original size) passes; every scale must be a number in (0, MAX_SCALE] (NaN is not)."""
-    s = settings
-    if s.imsize is not None and s.imsize < 32:
-        raise InputError(f"--imsize must be at least 32, got {s.imsize}")
-    if not s.scales or not all(0 < scale <= MAX_SCALE for scale in s.scales):
-        raise InputError(f"--scales: every value must be a number in (0, {MAX_SCALE:g}], got {s.scales}")
-    if s.batch_size < 1 or s.workers < 0 or s.shard_size < 1:
-        raise InputError("--batch-size and --shard-size must be positive, --workers at least 0")
-    if s.amp and device.type != "cuda":
-        raise InputError("--amp runs float16 autocast on CUDA; this run is on the CPU")
 
 
 def rescale(images, scale):
@@ -72,9 +57,15 @@ def multiscale_descriptor(model, images, scales=SCALES):
 
 def prepare_model(model, device):
     """``model`` in eval mode on ``device``, in channels-last memory format, which convolutions run faster in on
-    GPUs and on the CPU (``python -m benchmarks.extract`` measures it; see the README); same results up to float
-    rounding."""
+    GPUs and on the CPU (``python -m benchmarks.extract`` measures it: docs/benchmarks.md, "Extraction"); same
+    results up to float rounding."""
     return model.to(device).eval().to(memory_format=torch.channels_last)
+
+
+def load_for_extraction(checkpoint, device):
+    """The model of ``checkpoint`` (a file that ``weights.load_model`` reads, or a released name, looked up in
+    models/) ready for extraction on ``device``: the one place where test.py and index.py load their model."""
+    return prepare_model(load_model(checkpoint), device)
 
 
 def equal_size_batches(items, batch_size, max_pending=None):

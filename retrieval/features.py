@@ -33,7 +33,7 @@ import numpy as np
 import torch.distributed as dist
 from tqdm import tqdm
 
-from utils.atomic import atomic_write
+from utils.atomic import atomic_write, read_json, save_json
 
 SHARD_SIZE = 10_000
 
@@ -66,19 +66,6 @@ def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
 
 def save_array(path, array):
     atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
-
-
-def save_json(path, obj):
-    """``obj`` as strict JSON (no NaN or Infinity, which strict parsers reject: an undefined value is None)."""
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, allow_nan=False).encode()))
-
-
-def read_json(path):
-    """The JSON object in ``path``, or None when it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _shape(path):

@@ -6,7 +6,7 @@ draws, per query, the query with its box and the top-k database images framed gr
 ``index.py query`` the same way, without ground truth. ``plot_attention`` overlays each token's spatial
 attention (paper, Fig. 3a): the tokenizer's assignment and the last refinement block's cross-attention.
 Figure sizes are fixed by ``width`` (pixels) so every PNG has a known size. The command line is visualize.py;
-the training curves are ``utils.metrics.plot_training_curves``.
+the training curves are ``utils.training_log.plot_training_curves``.
 """
 
 from pathlib import Path

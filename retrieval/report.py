@@ -18,7 +18,7 @@ from PIL import ImageDraw
 from datasets.images import load_rgb
 from retrieval.figures import FRAME, QUERY_FRAME, relevance
 from retrieval.revisited import KAPPAS, PROTOCOLS, revisited_map
-from retrieval.search import ExactIndex, top_k
+from retrieval.search import ExactSearch, top_k
 from utils.atomic import atomic_write
 
 TOP = 10
@@ -40,7 +40,7 @@ span.legend {{ padding: 0 6px; border: 3px solid; margin-right: 6px; }}
 def query_section(name, dataset, db_paths, queries, database, top=TOP):
     """What the page shows of database ``name``: per query its image, box, Easy/Medium/Hard AP (percent, NaN
     without positives) and top ``top`` under exact search, ``(path, score, relevance)``."""
-    scores = ExactIndex(database).scores(queries)
+    scores = ExactSearch(database).scores(queries)
     results = revisited_map(scores, dataset.gnd)
     sims, ids = top_k(scores, top)
     query_paths = dataset.query_paths()

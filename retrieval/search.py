@@ -1,23 +1,23 @@
 """Search a database of L2-normalised descriptors: exact inner product, faiss PQ and IVF-PQ, alpha-QE and DBA.
 
-Every index gives the score matrix that ``retrieval.revisited.revisited_map`` ranks (``scores``: n_db x n_queries,
-higher is better) and a top-k search (``search``), the operation timed as the search time. Memory is what the
-database takes in the index: ``bytes_per_image`` for each image plus codebooks and coarse centroids.
+Every search structure gives the score matrix that ``retrieval.revisited.revisited_map`` ranks (``scores``: n_db x
+n_queries, higher is better) and a top-k search (``search``), the operation timed as the search time. Memory is what
+the database takes in it: ``bytes_per_image`` for each image plus codebooks and coarse centroids.
 
-- ``ExactIndex``: float32 vectors (4 bytes x d per image, 4096 for d = 1024), scored by matrix products over
+- ``ExactSearch``: float32 vectors (4 bytes x d per image, 4096 for d = 1024), scored by matrix products over
   blocks of database rows, so that no temporary grows with the database beyond the scores themselves.
-- ``PQIndex``: faiss product quantisation, ``m`` sub-quantisers of ``nbits`` bits (``m`` bytes per image at 8
+- ``PQSearch``: faiss product quantisation, ``m`` sub-quantisers of ``nbits`` bits (``m`` bytes per image at 8
   bits), scores by asymmetric distance computation (the query against the code's reconstruction).
   Flat PQ scores every database image: ``scores`` asks faiss for all ``n_db`` neighbours. IVF-PQ (``nlist``
   coarse cells, ``nprobe`` visited) scores only the images of the visited cells, as it does when searching;
   the others get ``-inf``, i.e. come after every scored image, in database order (the stable order of
   ``revisited_map``). Its codes carry an 8-byte id each.
-- ``CompressedIndex``: any faiss code (``"SQ8"``, ``"SQfp16"``, ``"PQ64"``...), flat or in ``nlist`` IVF cells,
+- ``CompressedSearch``: any faiss code (``"SQ8"``, ``"SQfp16"``, ``"PQ64"``...), flat or in ``nlist`` IVF cells,
   optionally over the descriptors projected onto their ``dims`` leading principal directions. The directions are
   those of the uncentred second moment, so that the projection is orthonormal and keeps inner products up to
   the dropped components (a centred PCA would rank by ``(q - mean) . (x - mean)``, which is not the same
   ranking). ``R1M_COMPRESSED`` is the configuration for 1M images chosen by ``python -m benchmarks.search``
-  (see the README for its measurements): 120 directions, IVF1024 (128 visited), 8-bit scalar quantisation, i.e.
+  (docs/benchmarks.md has its measurements): 120 directions, IVF1024 (128 visited), 8-bit scalar quantisation, i.e.
   128 bytes per image (120 codes + an 8-byte id).
 - ``alpha_qe`` and ``dba`` (Radenovic et al., TPAMI 2019): a vector is replaced by the L2-normalised sum of
   itself and its ``top_n`` nearest database vectors, weighted by similarity^alpha; alpha-QE on the queries at
@@ -51,7 +51,7 @@ def top_k(scores, k):
     return values.T.numpy(), ids.T.numpy()
 
 
-class ExactIndex:
+class ExactSearch:
     """Float32 descriptors, kept as given (a list of arrays whose rows follow one another)."""
 
     def __init__(self, parts, label="exact"):
@@ -95,7 +95,7 @@ def _sample(parts, size, seed):
     return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
 
 
-class PQIndex:
+class PQSearch:
     """faiss ``IndexPQ`` (``nlist`` None) or ``IndexIVFPQ`` on inner products, trained on a sample of the
     database (at most ``train_size`` vectors) and holding the codes of all of it."""
 
@@ -142,7 +142,7 @@ class PQIndex:
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.n))
 
 
-# the compressed search of test.py --r1m: chosen by python -m benchmarks.search; see the README
+# the compressed search of test.py --r1m: chosen by python -m benchmarks.search (docs/benchmarks.md)
 R1M_COMPRESSED = {"codec": "SQ8", "dims": 120, "nlist": 1024, "nprobe": 128}
 MIN_POINTS_PER_CELL = 39  # faiss's k-means wants at least this many training vectors per IVF cell
 
@@ -156,7 +156,7 @@ def principal_directions(vectors, dims):
     return np.ascontiguousarray(vecs[:, ::-1][:, :dims].T, dtype=np.float32)
 
 
-class CompressedIndex:
+class CompressedSearch:
     """A faiss index of ``codec`` codes (an ``index_factory`` code: ``"SQ8"``, ``"SQfp16"``, ``"PQ64"``...) on
     inner products: flat, or in ``nlist`` IVF cells of which ``nprobe`` are visited; with ``dims``, over the
     descriptors projected onto their ``dims`` leading principal directions (``principal_directions``).
@@ -164,7 +164,7 @@ class CompressedIndex:
     The projection, the cells and the codes are trained on a sample of at most ``train_size`` database vectors.
     A database too small for ``nlist`` cells gets fewer (at least ``MIN_POINTS_PER_CELL`` training vectors a
     cell); ``dims`` at or above the descriptor size means no projection. Scores: those of the codes, ``-inf`` for
-    the images of unvisited cells (as ``PQIndex``).
+    the images of unvisited cells (as ``PQSearch``).
     """
 
     def __init__(self, parts, codec="SQ8", dims=None, nlist=None, nprobe=16, train_size=TRAIN_SIZE, seed=0):
@@ -217,8 +217,8 @@ class CompressedIndex:
         parts += [self.codec] + ([f"nprobe{self.nprobe}"] if self.nlist else [])
         return "-".join(parts)
 
-    scores = PQIndex.scores
-    search = PQIndex.search
+    scores = PQSearch.scores
+    search = PQSearch.search
 
 
 def weighted_expansion(vectors, neighbours, sims, alpha=ALPHA):
@@ -233,7 +233,7 @@ def weighted_expansion(vectors, neighbours, sims, alpha=ALPHA):
 
 def alpha_qe(queries, index, top_n=TOP_N, alpha=ALPHA):
     """alpha-QE: each query expanded with its ``top_n`` nearest database vectors in ``index`` (an
-    ``ExactIndex``)."""
+    ``ExactSearch``)."""
     sims, ids = index.search(queries, top_n)
     return weighted_expansion(queries, index.vectors(ids), sims, alpha)
 

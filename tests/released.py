@@ -104,6 +104,21 @@ def baseline_inputs(shapes):
                         dtype=torch.float64) for i, shape in enumerate(shapes)]
 
 
+# our DELG names -> the released ones, the trunk's as in every Token repository file (docs/FACTS.md, "The baselines")
+OURS_TO_RELEASED = [("backbone.conv1.", "backbone.block1.0."), ("backbone.bn1.", "backbone.block1.1."),
+                    *((f"backbone.layer{i}.", f"backbone.block{i + 1}.") for i in range(1, 5)),
+                    ("arcface.", "classifier_block5."), ("local.arcface.", "classifier_block4."),
+                    ("local.attention.", "attention.att_conv1."), ("local.reduction.", "reduction.")]
+
+
+def released_names(state):
+    """``state`` (a DELG's, or any model's trunk) in the names of the Token repository's released files."""
+
+    def released(key):
+        return next((new + key[len(old):] for old, new in OURS_TO_RELEASED if key.startswith(old)), key)
+    return {released(k): v for k, v in state.items()}
+
+
 # ---------------------------------------------------------------- deep-image-retrieval files, as their code writes them
 
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from networks import DELG, RMAC, SOLAR, APGeM, NetVLAD, PCAWhitening, Token, build_model, load_model, load_token
-from networks.checkpoint import model_state
+from networks import DELG, RMAC, SOLAR, APGeM, NetVLAD, PCAWhitening, Token, build_model
 from networks.config import CONFIGS
 from networks.netvlad import vlad
 from networks.pooling import rmac, rmac_regions
@@ -21,9 +20,11 @@ from tests.released import (
     baseline_state_dict,
     dirtorch_names,
     fitted_pca,
+    released_names,
     save_deep_image_retrieval,
 )
 from utils.errors import InputError
+from weights import load_model, load_token, model_state
 
 CLASSES = {"rmac": RMAC, "solar": SOLAR, "delg": DELG, "netvlad": NetVLAD, "apgem": APGeM}
 # docs/FACTS.md, "The baselines": R101 with a 97-class classifier (AP-GeM: the file has none)
@@ -60,19 +61,6 @@ def test_parameter_counts_match_the_released_models(name):
     with torch.device("meta"):
         model = CLASSES[name](num_classes=None if name == "apgem" else 97, pretrained=False)
     assert sum(p.numel() for p in model.parameters()) == PARAMETERS[name]
-
-
-# our DELG names -> the released ones (docs/FACTS.md, "The baselines")
-OURS_TO_RELEASED = [("backbone.conv1.", "backbone.block1.0."), ("backbone.bn1.", "backbone.block1.1."),
-                    *((f"backbone.layer{i}.", f"backbone.block{i + 1}.") for i in range(1, 5)),
-                    ("arcface.", "classifier_block5."), ("local.arcface.", "classifier_block4."),
-                    ("local.attention.", "attention.att_conv1."), ("local.reduction.", "reduction.")]
-
-
-def released_names(state):
-    def released(key):
-        return next((new + key[len(old):] for old, new in OURS_TO_RELEASED if key.startswith(old)), key)
-    return {released(k): v for k, v in state.items()}
 
 
 def test_ddp_prefix_and_training_wrapper_load_the_same(tmp_path):

@@ -13,7 +13,7 @@ from benchmarks import extract as extract_benchmark
 from benchmarks import search as search_benchmark
 from benchmarks.common import table, write_json
 from retrieval.revisited import PROTOCOLS
-from retrieval.search import R1M_COMPRESSED, CompressedIndex, ExactIndex, principal_directions
+from retrieval.search import R1M_COMPRESSED, CompressedSearch, ExactSearch, principal_directions
 from tests.test_test import run_test, write_checkpoint, write_mini_set, write_r1m
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,14 +153,14 @@ def test_principal_directions_are_orthonormal_and_keep_inner_products_in_their_s
 
 def test_compressed_index_projected_ivf_sq8_close_to_exact():
     db, queries = unit_rows(4000, 32, 1, rank=12), unit_rows(5, 32, 2, rank=12)
-    index = CompressedIndex([db[:1500], db[1500:]], "SQ8", dims=16, nlist=64, nprobe=64)
+    index = CompressedSearch([db[:1500], db[1500:]], "SQ8", dims=16, nlist=64, nprobe=64)
     assert index.label == "pca16-ivf64-sq8-nprobe64" and index.bytes_per_image == 16 + 8
     assert index.memory_bytes > 4000 * 24
     exact = db @ queries.T
     scores = index.scores(queries)
     np.testing.assert_allclose(scores, exact, atol=0.02)  # every cell visited: every image scored
     _, ids = index.search(queries, 10)
-    _, exact_ids = ExactIndex([db]).search(queries, 10)
+    _, exact_ids = ExactSearch([db]).search(queries, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids, strict=True)]) >= 0.8
     index.nprobe = 2
     assert index.label.endswith("nprobe2") and np.isneginf(index.scores(queries)).any()
@@ -168,16 +168,16 @@ def test_compressed_index_projected_ivf_sq8_close_to_exact():
 
 def test_compressed_index_adapts_to_small_databases_and_rejects_what_cannot_train():
     db = unit_rows(100, 32, 3)
-    index = CompressedIndex([db], **R1M_COMPRESSED)
+    index = CompressedSearch([db], **R1M_COMPRESSED)
     assert index.dims is None and index.nlist == 2 and index.nprobe == 2  # 100 // 39 cells, no projection
     assert index.label == "ivf2-sq8-nprobe2"
-    flat = CompressedIndex([db], "SQfp16")
+    flat = CompressedSearch([db], "SQfp16")
     assert flat.label == "sqfp16" and flat.bytes_per_image == 64
     np.testing.assert_allclose(flat.scores(db[:3]), db @ db[:3].T, atol=1e-3)
     with pytest.raises(ValueError, match="at least 256 database images"):
-        CompressedIndex([db], "PQ8")
+        CompressedSearch([db], "PQ8")
     with pytest.raises(ValueError, match="faiss cannot build 'PQ5'"):
-        CompressedIndex([unit_rows(300, 32, 4)], "PQ5")
+        CompressedSearch([unit_rows(300, 32, 4)], "PQ5")
 
 
 def test_test_py_r1m_adds_the_compressed_search_unless_pq_is_asked(tmp_path):

@@ -5,11 +5,11 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
-from networks import Token, TokenConfig, load_token
-from networks.checkpoint import model_state
+from networks import Token, TokenConfig
 from training.options import check_args, get_args_parser
 from utils.distributed import DistEnv
 from utils.errors import InputError
+from weights import load_token, model_state
 
 ABLATION = TokenConfig(backbone="resnet18", dim=64, out_dim=32, num_tokens=2, heads=4, lfsa_blocks=0,
                        refinement_blocks=1, tokenizer="vq", cross_attention=False, dropout=0.0, drop_path=0.0,

@@ -5,7 +5,7 @@ import pickle
 import pytest
 
 from datasets import download
-from datasets.download import DownloadError, extract, fetch, main
+from datasets.download import DownloadError, extract_archive, fetch, main
 from datasets.images import load_rgb
 from datasets.revisitop import R1M, load_revisitop
 from tests.http_server import Server, jpeg, tgz
@@ -131,22 +131,22 @@ def test_corrupt_archive_is_deleted(tmp_path):
     archive = tmp_path / "broken.tgz"
     archive.write_bytes(tgz({"a.jpg": jpeg((4, 4), (1, 2, 3)) * 50})[:-20])  # truncated: no gzip trailer
     with pytest.raises(DownloadError, match="corrupt archive.*rerun"):
-        extract(archive, tmp_path / "jpg", flatten=True)
+        extract_archive(archive, tmp_path / "jpg", flatten=True)
     assert not archive.exists()
     good = tgz({"b.jpg": jpeg((4, 4), (1, 2, 3))})
     archive.write_bytes(good[:-8] + bytes(4) + good[-4:])  # every tar member intact, the gzip CRC wrong
     with pytest.raises(DownloadError, match="corrupt archive.*BadGzipFile"):
-        extract(archive, tmp_path / "jpg", flatten=True)
+        extract_archive(archive, tmp_path / "jpg", flatten=True)
     assert not archive.exists() and not (tmp_path / "jpg" / "b.jpg").exists()
     archive.write_bytes(good)
-    assert extract(archive, tmp_path / "jpg", flatten=True) == 1 and (tmp_path / "jpg" / "b.jpg").is_file()
+    assert extract_archive(archive, tmp_path / "jpg", flatten=True) == 1 and (tmp_path / "jpg" / "b.jpg").is_file()
 
 
 def test_member_outside_jpg_is_refused(tmp_path):
     archive = tmp_path / "evil.tar.gz"
     archive.write_bytes(tgz({"../escape.jpg": b"x"}))
     with pytest.raises(DownloadError, match="not a relative path"):
-        extract(archive, tmp_path / "jpg", flatten=False)
+        extract_archive(archive, tmp_path / "jpg", flatten=False)
     assert not (tmp_path / "escape.jpg").exists()
 
 

@@ -10,9 +10,9 @@ import tarfile
 
 import pytest
 
-from datasets.download import MAX_MEMBER_BYTES, DownloadError, archive, extract, fetch, main
-from networks import zoo
+from datasets.download import MAX_MEMBER_BYTES, DownloadError, archive, extract_archive, fetch, main
 from tests.http_server import Server, jpeg, tar_bytes, tgz
+from weights import zoo
 
 
 def noise(n, seed=0):
@@ -41,10 +41,10 @@ def test_corrupt_archive_with_two_members_of_one_name_is_cleaned_up_and_a_rerun_
     path = tmp_path / "paris_1-v1.tgz"
     path.write_bytes(good[: len(good) * 4 // 5])  # cut inside big.jpg, after both same.jpg were written
     with pytest.raises(DownloadError, match="corrupt archive.*rerun to download it again"):
-        extract(path, tmp_path / "jpg", flatten=True)
+        extract_archive(path, tmp_path / "jpg", flatten=True)
     assert not path.exists() and list((tmp_path / "jpg").iterdir()) == []  # no image, no big.jpg.tmp
     path.write_bytes(good)  # what the rerun downloads
-    assert extract(path, tmp_path / "jpg", flatten=True) == 2  # the second same.jpg replaced the first
+    assert extract_archive(path, tmp_path / "jpg", flatten=True) == 2  # the second same.jpg replaced the first
     assert (tmp_path / "jpg/same.jpg").read_bytes() == files["paris/b/same.jpg"]
 
 
@@ -52,13 +52,13 @@ def test_full_disk_during_extraction_is_one_line_and_leaves_no_tmp(tmp_path, sma
     path = tmp_path / "revisitop1m.1.tar.gz"
     path.write_bytes(tgz({f"1/{i}.jpg": noise(400_000, seed=i) for i in range(3)}))  # 1.2 MB into 1 MiB
     with pytest.raises(DownloadError) as failure:
-        extract(path, small_disk / "jpg", flatten=False)
+        extract_archive(path, small_disk / "jpg", flatten=False)
     assert re.match(rf"cannot write {small_disk / 'jpg/1/2.jpg'}\.\d+\.tmp \(No space left on device\)",
                     str(failure.value))
     assert sorted(p.name for p in (small_disk / "jpg/1").iterdir()) == ["0.jpg", "1.jpg"]  # complete ones kept
     assert path.exists()  # kept: the rerun after freeing space needs no download
     subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)
-    assert extract(path, small_disk / "jpg", flatten=False) == 3
+    assert extract_archive(path, small_disk / "jpg", flatten=False) == 3
 
 
 def test_full_disk_during_a_download_is_one_line(tmp_path, small_disk):
@@ -93,7 +93,7 @@ def test_write_failure_in_process_removes_the_tmp(tmp_path, monkeypatch):
     path.write_bytes(tar_bytes({"a/b/c/abc.jpg": jpeg((4, 4), (0, 0, 0))}, mode="w"))
     monkeypatch.setattr(archive.shutil, "copyfileobj", copy_then_fail)
     with pytest.raises(DownloadError, match="No space left on device.*nothing half-written is left"):
-        extract(path, tmp_path / "train", flatten=False)
+        extract_archive(path, tmp_path / "train", flatten=False)
     assert list((tmp_path / "train/a/b/c").iterdir()) == [] and path.exists()
 
 
@@ -104,7 +104,7 @@ def test_member_above_the_size_cap_is_refused_before_writing(tmp_path):
     path.write_bytes(gzip.compress(header.tobuf() + noise(1000)))
     with pytest.raises(DownloadError, match=f"'1/a/huge.jpg' is {MAX_MEMBER_BYTES + 1} bytes, above the "
                                             f"{MAX_MEMBER_BYTES} bytes allowed"):
-        extract(path, tmp_path / "jpg", flatten=False)
+        extract_archive(path, tmp_path / "jpg", flatten=False)
     assert not (tmp_path / "jpg").exists() or not list((tmp_path / "jpg").rglob("*"))
 
 

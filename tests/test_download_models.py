@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from datasets.download import main
-from networks import zoo
 from tests.http_server import Server
 from utils.errors import InputError
+from weights import zoo
 
 TOKEN = zoo.RELEASED["R50-Token"]
 PATH = f"/uc?id={TOKEN.drive_id}"

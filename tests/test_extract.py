@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 from datasets.revisitop import RevisitopImages, load_revisitop
 from retrieval import features as features_module
 from retrieval.extract import SCALES, equal_size_batches, extract, multiscale_descriptor, prepare_model, rescale
-from retrieval.features import FeatureStore, feature_key, read_json, save_array
+from retrieval.features import FeatureStore, feature_key, save_array
 from tests.test_test import DIM, small_token, write_mini_set
+from utils.atomic import read_json
 from utils.distributed import DistEnv
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -102,17 +102,18 @@ from datasets.gldv2 import GLDV2_DIR, LandmarkImages, load_gldv2
 from datasets.images import ImageReadError, load_rgb, to_normalized_tensor
 from datasets.revisitop import RevisitopImages, load_revisitop
 from datasets.synthetic import cli as synthetic_cli
-from networks import Token, load_token
-from networks.checkpoint import load_training_state, save_checkpoint
+from networks import Token
 from retrieval.extract import SCALES, multiscale_descriptor
 from retrieval.features import FeatureStore
 from tests.conftest import ROOT
 from tests.test_train import TINY, run, small_set
+from training.checkpointer import load_training_state
 from utils.atomic import WriteError, atomic_write, temporary_path
 from utils.distributed import DistEnv
 from utils.errors import InputError
-from utils.metrics import COLUMNS, write_metrics_row
 from utils.safe_pickle import UnsafePickleError
+from utils.training_log import COLUMNS, write_metrics_row
+from weights import load_token, save_checkpoint
 
 torch.set_num_threads(1)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

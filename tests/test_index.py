@@ -18,10 +18,11 @@ from PIL import Image
 
 from benchmarks import index as index_benchmark
 from datasets.collection import CollectionImages
-from networks import load_token
 from retrieval.extract import extract, prepare_model
-from retrieval.index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, Index, query, search_kind
+from retrieval.image_index import DESCRIPTORS, EXACT_MAX_IMAGES, PATHS, SKIPPED, ImageIndex, query, search_kind
+from retrieval.settings import ExtractionSettings, extraction_fields, get_args_parser
 from tests.test_test import DB_SIZES, _image, write_checkpoint
+from weights import load_token
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("token_index_script", ROOT / "index.py")
@@ -154,7 +155,7 @@ def test_add_extracts_only_the_new_images(collection, built, tmp_path, capsys):
     newest = write_images(base / "later", 2, seed=5, prefix="late")
     later = run("add", "--images", base / "later", "--index", tmp_path / "index", *RUN)
     assert later["extracted"] == 2 and later["count"] == IMAGES + 2
-    results, _ = query(Index(tmp_path / "index", torch.device("cpu")), newest[1:], 1)
+    results, _ = query(ImageIndex(tmp_path / "index", torch.device("cpu")), newest[1:], 1)
     assert results[0]["results"][0]["path"] == newest[1]
 
 
@@ -163,7 +164,7 @@ def test_compressed_search_finds_the_query_first(collection, built, tmp_path):
     summary = run("build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", tmp_path / "index",
                   "--compressed", *BUILD)
     assert summary["search"] == "compressed" and summary["count"] == IMAGES
-    index = Index(tmp_path / "index", torch.device("cpu"))
+    index = ImageIndex(tmp_path / "index", torch.device("cpu"))
     results, _ = query(index, images[3:6], 2)
     for entry, image in zip(results, images[3:6], strict=True):
         assert entry["results"][0]["path"] == image and entry["results"][0]["score"] == pytest.approx(1, abs=0.02)
@@ -177,12 +178,12 @@ def test_whiten_file_for_build_query_and_test_py(collection, built, tmp_path):
     summary = run("build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", tmp_path / "index",
                   "--whiten-file", tmp_path / "W.npz", "--whiten-power", "0.5", *BUILD)
     assert summary["count"] == IMAGES and (tmp_path / "index" / "whitening.npz").is_file()
-    index = Index(tmp_path / "index", torch.device("cpu"))
+    index = ImageIndex(tmp_path / "index", torch.device("cpu"))
     assert index.structure.d == 8
     results, _ = query(index, images[:2], 3)
     assert [entry["results"][0]["path"] for entry in results] == images[:2]
     # the raw index searched with the whitening given at query time ranks as the whitened index
-    raw = Index(built[0], torch.device("cpu"), whiten_file=tmp_path / "W.npz", whiten_power=0.5)
+    raw = ImageIndex(built[0], torch.device("cpu"), whiten_file=tmp_path / "W.npz", whiten_power=0.5)
     again, _ = query(raw, images[:2], 3)
     assert [[hit["path"] for hit in entry["results"]] for entry in again] == \
         [[hit["path"] for hit in entry["results"]] for entry in results]
@@ -258,6 +259,22 @@ def test_help_explains_every_flag():
     for flag in ("--images", "--root", "--checkpoint", "--index", "--imsize", "--scales", "--amp", "--batch-size",
                  "--workers", "--shard-size", "--whiten", "--whiten-file", "--whiten-power", "--exact", "--compressed"):
         assert flag in done.stdout
+
+
+def test_build_shares_the_extraction_flags_of_test_py():
+    """index.py build and test.py: one set of extraction flags, with the defaults of ``ExtractionSettings``; the
+    whitening flags say what each script does with the whitening, the others have the same help."""
+    args = index_py.get_args_parser().parse_args(["build", "--images", "x", "--checkpoint", "c.pth", "--index", "i"])
+    assert ExtractionSettings(**extraction_fields(args)) == ExtractionSettings("c.pth")
+
+    def extraction_help(parser):
+        group = next(g for g in parser._action_groups if g.title == "extraction")
+        return {a.dest: a.help for a in group._group_actions}
+
+    build = index_py.get_args_parser()._subparsers._group_actions[0].choices["build"]
+    ours, theirs = extraction_help(build), extraction_help(get_args_parser())
+    assert set(ours) == set(theirs) - {"protocol"} == set(extraction_fields(args))
+    assert {k: v for k, v in ours.items() if "whiten" not in k} == {k: theirs[k] for k in ours if "whiten" not in k}
 
 
 def test_auto_search_switches_at_the_measured_size():

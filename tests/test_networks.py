@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from networks import LFSA, ArcFace, GeM, MultiHeadAttention, RefinementBlock, SPoC, Token, Tokenizer, load_token
+from networks import LFSA, ArcFace, GeM, MultiHeadAttention, RefinementBlock, SPoC, Token, Tokenizer
 from networks.backbone import Backbone
 from tests.conftest import DATA
 from tests.released import golden_inputs, released_state_dict
 from utils.errors import InputError
+from weights import load_token
 
 torch.manual_seed(0)
 

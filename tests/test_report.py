@@ -9,9 +9,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from networks.whitening import PCAWhitening
+from networks.pca_whitening import PCAWhitening
+from retrieval.descriptor_whitening import save_whitening
 from retrieval.revisited import PROTOCOLS, revisited_map
-from retrieval.whitening_files import save_whitening
 from tests.test_test import DIM, R1M_IMAGES, run_test, write_checkpoint, write_mini_set, write_r1m
 
 POWER = 0.5

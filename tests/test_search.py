@@ -6,7 +6,7 @@ import pytest
 
 from retrieval import search
 from retrieval.revisited import compute_map, protocol_gnd, revisited_map
-from retrieval.search import ExactIndex, PQIndex, alpha_qe, dba, top_k, weighted_expansion
+from retrieval.search import ExactSearch, PQSearch, alpha_qe, dba, top_k, weighted_expansion
 
 
 def unit_rows(n, d, seed):
@@ -17,7 +17,7 @@ def unit_rows(n, d, seed):
 def test_exact_scores_over_parts_and_blocks(monkeypatch):
     monkeypatch.setattr(search, "BLOCK_ROWS", 7)
     db, queries = unit_rows(50, 16, 0), unit_rows(4, 16, 1)
-    index = ExactIndex([db[:23], db[23:]])
+    index = ExactSearch([db[:23], db[23:]])
     np.testing.assert_allclose(index.scores(queries), db @ queries.T, atol=1e-6)
     assert index.n == 50 and index.bytes_per_image == 64 and index.memory_bytes == 50 * 64
     sims, ids = index.search(queries, 5)
@@ -36,7 +36,7 @@ def test_top_k_is_sorted_and_capped_by_the_database():
 
 def test_pq_scores_every_image_by_its_reconstruction():
     db, queries = unit_rows(600, 32, 2), unit_rows(5, 32, 3)
-    index = PQIndex([db[:250], db[250:]], m=8, nbits=8)
+    index = PQSearch([db[:250], db[250:]], m=8, nbits=8)
     assert index.label == "pq8x8" and index.bytes_per_image == 8
     assert index.memory_bytes == 600 * 8 + 256 * 32 * 4  # codes + codebooks
     reconstructed = index.index.reconstruct_n(0, 600)  # independent of the search: decoded codes
@@ -54,7 +54,7 @@ def test_pq_scores_every_image_by_its_reconstruction():
 
 def test_ivf_pq_scores_only_the_visited_cells_and_ranks_the_rest_last():
     db, queries = unit_rows(800, 16, 4), unit_rows(3, 16, 5)
-    index = PQIndex([db], m=4, nbits=4, nlist=8, nprobe=2)
+    index = PQSearch([db], m=4, nbits=4, nlist=8, nprobe=2)
     assert index.label == "ivf8-pq4x4-nprobe2" and index.bytes_per_image == 2 + 8
     assert index.memory_bytes == 800 * 10 + 16 * 16 * 4 + 8 * 16 * 4  # codes and ids, codebooks, centroids
     scores = index.scores(queries)
@@ -85,9 +85,9 @@ def test_unscored_images_rank_after_the_scored_ones_in_database_order():
 
 def test_pq_needs_enough_training_images_and_a_dividing_m():
     with pytest.raises(ValueError, match="at least 256 database images"):
-        PQIndex([unit_rows(100, 16, 0)], m=4)
+        PQSearch([unit_rows(100, 16, 0)], m=4)
     with pytest.raises(ValueError, match="do not divide"):
-        PQIndex([unit_rows(300, 16, 0)], m=5)
+        PQSearch([unit_rows(300, 16, 0)], m=5)
 
 
 def test_alpha_qe_by_hand():
@@ -97,11 +97,11 @@ def test_alpha_qe_by_hand():
     query = np.array([[1, 0]], dtype=np.float32)
     # top-2: e1 with weight 1^3 and (r, r) with weight r^3: q' = e1 + e1 + r^3 (r, r), normalised
     v = np.array([2 + r ** 4, r ** 4])
-    np.testing.assert_allclose(alpha_qe(query, ExactIndex([db]), top_n=2, alpha=3), [v / np.linalg.norm(v)],
+    np.testing.assert_allclose(alpha_qe(query, ExactSearch([db]), top_n=2, alpha=3), [v / np.linalg.norm(v)],
                                atol=1e-6)
     # alpha 0: plain average of the query and its neighbours
     v = np.array([2 + r, r])
-    np.testing.assert_allclose(alpha_qe(query, ExactIndex([db]), top_n=2, alpha=0), [v / np.linalg.norm(v)],
+    np.testing.assert_allclose(alpha_qe(query, ExactSearch([db]), top_n=2, alpha=0), [v / np.linalg.norm(v)],
                                atol=1e-6)
 
 

@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from networks import Token
-from networks.checkpoint import model_state
 from retrieval.evaluation import EvalSettings, evaluate_checkpoint, parse_settings
 from retrieval.features import KEY_CHECKS
+from weights import model_state
 
 ROOT = Path(__file__).resolve().parents[1]
 # test.py by path: importing it by its module name could find the standard library's test package

@@ -11,10 +11,11 @@ from PIL import Image
 
 from datasets.images import to_normalized_tensor
 from datasets.revisitop import load_revisitop
-from networks import RMAC, APGeM, load_model
+from networks import RMAC, APGeM
 from retrieval.revisited import revisited_map
 from tests.released import dirtorch_names, fitted_pca, save_deep_image_retrieval
 from tests.test_test import TEST_ARGS, run_test, test_py, write_mini_set
+from weights import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,17 +19,20 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import train
+import training.checkpointer
 import training.run
 from datasets.gldv2 import GLDV2_DIR, LandmarkImages, collate_skip_bad, image_path, load_gldv2
 from datasets.transforms import val_transform
-from networks import Token, load_token
-from networks.checkpoint import load_training_state, save_checkpoint
+from networks import Token
 from tests.conftest import ROOT
+from training.checkpointer import load_training_state
 from training.engine import validate
 from training.optim import lr_factor
 from training.options import get_args_parser
 from utils.distributed import DistEnv, ShardSampler, TrainSampler
-from utils.metrics import read_metrics
+from utils.errors import EXIT_DIVERGED
+from utils.training_log import read_metrics
+from weights import load_token, save_checkpoint
 
 COMMON = ["--backbone", "resnet18", "--imsize", "64", "--no-pretrained", "--workers", "0", "--log-every", "2",
           "--batch-size", "4"]
@@ -81,14 +84,14 @@ class Killed(Exception):
 
 def kill_after_saving(monkeypatch, step):
     """Make train.py stop right after it has written a checkpoint of ``step``."""
-    real_save = training.run.save_checkpoint
+    real_save = training.checkpointer.save_checkpoint
 
     def save_then_kill(state, path):
         real_save(state, path)
         if state["step"] == step:
             raise Killed
 
-    monkeypatch.setattr(training.run, "save_checkpoint", save_then_kill)
+    monkeypatch.setattr(training.checkpointer, "save_checkpoint", save_then_kill)
 
 
 def test_help_mentions_every_flag():
@@ -262,7 +265,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_pat
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
         run(data, out, "--epochs", "2", "--log-every", "100")  # checked only at the epoch end, before saving
-    assert stop.value.code == train.EXIT_DIVERGED
+    assert stop.value.code == EXIT_DIVERGED
     err = capsys.readouterr().err
     assert "not finite (NaN or inf) at step 9" in err and f"last good checkpoint is {out / 'last.pth'}" in err
     kept = load_training_state(out / "last.pth")

@@ -8,10 +8,10 @@ from PIL import Image
 from datasets.revisitop import load_revisitop
 from datasets.synthetic import generate
 from networks import Token
-from networks.checkpoint import model_state
 from retrieval.figures import relevance
-from utils.metrics import COLUMNS, write_metrics_row
+from utils.training_log import COLUMNS, write_metrics_row
 from visualize import main
+from weights import model_state
 
 TINY = dict(num_train_landmarks=2, images_per_landmark=2, num_test_landmarks=2, queries_per_landmark=1,
             db_views_per_landmark=4, num_distractors=3, progress=False, workers=1)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from networks.whitening import PCAWhitening
+from networks.pca_whitening import PCAWhitening
 
 
 @pytest.fixture

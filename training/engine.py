@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from datasets.transforms import device_jitter, on_device
 from utils.distributed import all_reduce, broadcast_buffers
-from utils.metrics import StepMeter
+from utils.training_log import StepMeter
 
 log = logging.getLogger("train")
 
@@ -131,12 +131,13 @@ def optimizer_step(model, optimizer, scaler, clip_grad):
 
 
 def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args, env, epoch, step,
-                    steps_per_epoch, save_last, totals=None):
+                    steps_per_epoch, checkpointer, totals=None):
     """Train from global optimizer ``step`` to the end of ``epoch``; return the step reached and epoch statistics.
 
     Statistics stay on the device between syncs (every --log-every steps), where a non-finite loss stops the run.
-    ``totals``: the sums of the steps of this epoch before ``step`` (a mid-epoch resume); ``save_last(step,
-    totals)`` receives the sums so far at each mid-epoch save.
+    ``totals``: the sums of the steps of this epoch before ``step`` (a mid-epoch resume). Every --save-every steps
+    short of the epoch's end, ``checkpointer.save(step, totals)`` (``training.checkpointer.Checkpointer``) writes
+    last.pth with the sums so far.
     """
     ddp_model.train()
     meter = StepMeter(env.device, totals, getattr(model, "loss_part_names", ()))
@@ -163,7 +164,7 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args
         if step % args.log_every == 0 or mid_epoch_save:
             sync_and_check(meter, bar, optimizer)
         if mid_epoch_save:
-            save_last(step, meter.totals())
+            checkpointer.save(step, meter.totals())
             seed_rng(args.seed, env.rank, step)
     sync_and_check(meter, bar, optimizer)
     bar.close()

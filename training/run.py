@@ -20,29 +20,14 @@ from torch.utils.data import DataLoader
 
 from datasets.gldv2 import LandmarkImages, collate_skip_bad, load_gldv2
 from datasets.transforms import train_loader_transform, val_transform
-from networks import build_model as build_network
-from networks.checkpoint import (
-    BEST,
-    LAST,
-    copy_checkpoint,
-    find_resume,
-    load_training_state,
-    save_checkpoint,
-    training_state,
-)
-from training.engine import (
-    derived_seed,
-    memory_format,
-    require_finite,
-    seed_rng,
-    train_one_epoch,
-    validate,
-)
+from networks import build_model
+from training.checkpointer import Checkpointer, find_resume, load_training_state
+from training.engine import derived_seed, memory_format, seed_rng, train_one_epoch, validate
 from training.optim import build_optimizer, lr_factor
 from training.options import check_args, check_paths, check_resume_args, model_config
 from utils.distributed import ShardSampler, TrainSampler, main_process_first
 from utils.errors import InputError
-from utils.metrics import plot_training_curves, write_metrics_row
+from utils.training_log import plot_training_curves, write_metrics_row
 
 log = logging.getLogger("train")
 
@@ -65,12 +50,12 @@ def build_data(args, env, micro_batch):
     return split, train_loader, val_loader
 
 
-def build_model(args, num_classes, env):
+def build_training_model(args, num_classes, env):
     """The --model with an ArcFace head on ``env.device``; channels-last and SyncBatchNorm on GPUs."""
     torch.manual_seed(args.seed)
     with main_process_first(env):  # rank 0 downloads the ImageNet weights, the others read the cache
-        model = build_network(model_config(args), num_classes=num_classes, pretrained=args.pretrained,
-                              backbone_weights=args.backbone_weights)  # the settings passed check_args
+        model = build_model(model_config(args), num_classes=num_classes, pretrained=args.pretrained,
+                            backbone_weights=args.backbone_weights)  # the settings passed check_args
     if getattr(model, "frozen_backbone", False):
         log.info("the %s trunk is frozen (%s weights): only the layers after it train", args.model,
                  "ImageNet" if args.pretrained else "random, --no-pretrained")
@@ -124,7 +109,7 @@ def train(args, env):
                     "val_top5_err are written as nan and no best.pth is kept; last.pth holds the latest epoch")
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    model = build_model(args, split.num_classes, env)
+    model = build_training_model(args, split.num_classes, env)
     optimizer = build_optimizer(model, args)
     scaler = torch.amp.GradScaler(env.device.type, enabled=args.amp == "fp16")
     step, best_top1_err, totals = 0, math.inf, None
@@ -146,21 +131,14 @@ def train(args, env):
              env.device.type, micro_batch, args.update_every, steps_per_epoch, total_steps,
              f"; resuming {resume_path} at step {step}" if resume_path else "")
 
-    def save(step, totals=None, is_best=False):
-        require_finite(model, step)
-        if env.is_main:
-            state = training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err,
-                                   totals)
-            save_checkpoint(state, output_dir / LAST)
-            if is_best:
-                copy_checkpoint(output_dir / LAST, output_dir / BEST)
-
+    checkpointer = Checkpointer(output_dir, model, optimizer, scheduler, scaler, args, env, steps_per_epoch,
+                                best_top1_err)
     for epoch in range(step // steps_per_epoch, args.epochs):
         started = time.perf_counter()
         train_loader.sampler.set_epoch(epoch, start=(step - epoch * steps_per_epoch) * micro_batch * args.update_every)
         seed_rng(args.seed, env.rank, step)
         step, stats = train_one_epoch(model, ddp_model, train_loader, optimizer, scheduler, scaler, args, env, epoch,
-                                      step, steps_per_epoch, save, totals)
+                                      step, steps_per_epoch, checkpointer, totals)
         totals = None
         if not stats["train_images"]:
             raise InputError(f"epoch {epoch + 1}: no training image was readable ({stats['skipped_images']} "
@@ -170,16 +148,16 @@ def train(args, env):
         if split.val and val["skipped_images"] == len(split.val):
             log.warning("epoch %d: none of the %d val images was readable: the val metrics are nan", epoch + 1,
                         len(split.val))
-        is_best = val["val_top1_err"] < best_top1_err
+        is_best = val["val_top1_err"] < checkpointer.best_top1_err
         if is_best:
-            best_top1_err = val["val_top1_err"]
+            checkpointer.best_top1_err = val["val_top1_err"]
         row = {**stats, **val, "epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                "skipped_images": stats["skipped_images"] + val["skipped_images"],
                "time": round(time.perf_counter() - started, 2)}
         if env.is_main:
             write_metrics_row(output_dir / "metrics.csv", row)
             plot_training_curves(output_dir / "metrics.csv", output_dir / "training_curves.png")
-        save(step, is_best=is_best)
+        checkpointer.save(step, is_best=is_best)
         parts = "".join(f" ({name.removeprefix('train_loss_')} {value:.4f})" for name, value in stats.items()
                         if name.startswith("train_loss_"))
         log.info("epoch %d/%d: train loss %.4f%s, val loss %.4f, val top-1/top-5 error %.2f/%.2f %%, lr %.3g, "

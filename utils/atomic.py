@@ -1,4 +1,5 @@
-"""Files written whole or not at all: a temporary file next to the target, flushed to disk, then renamed.
+"""Files written whole or not at all: a temporary file next to the target, flushed to disk, then renamed
+(``atomic_write``; JSON files: ``save_json``, read back by ``read_json``).
 
 The temporary file is ``.<name>.<host>.<pid>.tmp``. A process killed while writing (SIGKILL, power loss) leaves
 it behind; the next write into that folder by any process on the same host removes the ones whose process is
@@ -6,6 +7,7 @@ gone. Files of other hosts are left alone: on a shared folder their writer may b
 """
 
 import io
+import json
 import os
 import re
 import socket
@@ -117,3 +119,17 @@ def _remove_quietly(path):
         path.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def save_json(path, obj):
+    """``obj`` as strict JSON (no NaN or Infinity, which strict parsers reject: an undefined value is None),
+    written atomically."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, allow_nan=False).encode()))
+
+
+def read_json(path):
+    """The JSON object in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

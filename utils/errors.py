@@ -1,9 +1,11 @@
-"""Clear errors for bad input: one line naming the file and what was expected, exit code 2, no traceback."""
+"""The scripts' exit codes, and clear errors for bad input: one line naming the file and what was expected, exit code
+2, no traceback."""
 
 import functools
 import sys
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3  # train.py: the loss or the weights became NaN
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command that Ctrl-C ended
 
 

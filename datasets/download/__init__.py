@@ -10,9 +10,10 @@ temporary names and renames, members checked). ``cli`` holds the flags. Every fa
 one line naming the file or address and what to do, exit code 2.
 """
 
-from datasets.download.archive import MAX_MEMBER_BYTES, extract
+from datasets.download.archive import MAX_MEMBER_BYTES, extract_archive
 from datasets.download.cli import main
 from datasets.download.fetch import DownloadError, fetch
 from datasets.download.revisitop import download_r1m, download_revisitop
 
-__all__ = ["MAX_MEMBER_BYTES", "DownloadError", "download_r1m", "download_revisitop", "extract", "fetch", "main"]
+__all__ = ["MAX_MEMBER_BYTES", "DownloadError", "download_r1m", "download_revisitop", "extract_archive", "fetch",
+           "main"]

@@ -54,7 +54,7 @@ def _remove(*paths):
             Path(path).unlink(missing_ok=True)
 
 
-def extract(archive, images_dir, flatten, progress=True):
+def extract_archive(archive, images_dir, flatten, progress=True):
     """Write the files of ``archive`` (``.tar``, ``.tar.gz``, ``.tgz``) under ``images_dir``; returns how many.
 
     ``flatten``: every jpg goes to ``images_dir/<basename>`` (ROxf/RPar); else members keep their relative

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from datasets.download import gldv2, models, revisitop
 from datasets.revisitop import R1M
-from networks.zoo import MODELS_DIR, RELEASED, release
 from utils.errors import InputError, fail_cleanly
+from weights.zoo import MODELS_DIR, RELEASED, release
 
 DESCRIPTION = ("Fetch the data and the released models: ROxf/RPar (+R1M) and GLDv2 into the data root, released "
                "checkpoints by name. Interrupted downloads resume; finished steps are skipped on a rerun.")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from datasets.download.archive import extract
+from datasets.download.archive import extract_archive
 from datasets.download.fetch import DownloadError, fetch, file_digest
 from datasets.gldv2 import GLDV2_DIR, IMAGES_DIR, TRAIN_CLEAN_CSV, TRAIN_CSV, find_missing, image_path, read_annotations
 from utils.errors import InputError
@@ -91,7 +91,7 @@ def download_part(i, gldv2_dir, base_url, bar):
             raise DownloadError(f"{url}: md5 {got} differs again from the {expected} of {md5_name}; deleted it: the "
                                 "mirror or the network corrupts it, rerun later")
         tqdm.write(f">> {name}: md5 {got} is not the {expected} of {md5_name}: downloading it again")
-    count = extract(tar, gldv2_dir / IMAGES_DIR, flatten=False, progress=False)
+    count = extract_archive(tar, gldv2_dir / IMAGES_DIR, flatten=False, progress=False)
     (work / f"{name}.done").write_text(f"{count} images\n")
     tar.unlink()
     (work / md5_name).unlink()

@@ -1,4 +1,4 @@
-"""The released checkpoints of ``networks/zoo.py``, fetched from Google Drive by their ids through ``gdown``.
+"""The released checkpoints of ``weights/zoo.py``, fetched from Google Drive by their ids through ``gdown``.
 
 Each file goes to ``DEST/<file>``. gdown writes it to ``<file><8 characters>.part`` first and, with
 ``resume=True``, continues the one partial file it finds there with an HTTP Range request. After the first

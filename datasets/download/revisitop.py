@@ -12,7 +12,7 @@ present (they are then deleted), and R1M parts whose ``.done`` marker exists (ea
 extraction). Every image of every list is checked at the end.
 """
 
-from datasets.download.archive import extract
+from datasets.download.archive import extract_archive
 from datasets.download.fetch import DownloadError, fetch
 from datasets.revisitop import R1M, dataset_dir, gnd_path, images_dir, load_revisitop
 from utils.errors import InputError
@@ -40,7 +40,7 @@ def download_revisitop(data_root, name, images_url, gnd_url=GND_URL):
         for archive in archives:
             fetch(f"{images_url}/{archive}", root / archive)
         for archive in archives:
-            extract(root / archive, images_dir(data_root, name), flatten=True)
+            extract_archive(root / archive, images_dir(data_root, name), flatten=True)
     dataset.check_images()
     for archive in archives:
         (root / archive).unlink(missing_ok=True)
@@ -59,7 +59,7 @@ def download_r1m(data_root, url=R1M_URL):
         if done.exists():
             continue
         fetch(f"{url}/jpg/{archive.name}", archive, desc=f"[{i}/{parts}] {archive.name}")
-        extract(archive, images_dir(data_root, R1M), flatten=False)
+        extract_archive(archive, images_dir(data_root, R1M), flatten=False)
         done.touch()
         archive.unlink()
     dataset = load_revisitop(data_root, R1M)

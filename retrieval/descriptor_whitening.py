@@ -1,12 +1,13 @@
-"""Whitenings as the command lines name them: a ``W.npz`` file (``--whiten-file``, written by ``index.py
-whiten``) or a checkpoint's learned whitening (``--whiten NAME``). The math is ``networks.whitening``."""
+"""The PCA whitening of descriptors at search time, as the command lines name it: a ``W.npz`` file (``--whiten-file``,
+written by ``index.py whiten``) or a checkpoint's learned whitening (``--whiten NAME``). The math is
+``networks.pca_whitening``."""
 
 import io
 from pathlib import Path
 
 import numpy as np
 
-from networks.whitening import PCAWhitening
+from networks.pca_whitening import PCAWhitening
 from utils.atomic import atomic_write
 from utils.errors import InputError
 

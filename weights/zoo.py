@@ -3,12 +3,15 @@
 Names are those of the tables that publish them: the Token authors' README (R50/R101-Token and the Table 1
 baselines they retrained on GLDv2-clean with ArcFace) and deep-image-retrieval's README (the triplet-loss and
 AP-loss GeM networks). ``python -m datasets.download models [NAME ...] --dest DIR`` fetches them from Google
-Drive; ``resolve`` turns a name or a path into the file to load.
+Drive; ``resolve`` turns a name or a path into the file to load. Each loadable release carries the config of its
+architecture (what ``weights.released`` infers from the file's keys), so that ``hubconf.py`` builds it without the
+file.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from networks.config import APGeMConfig, DELGConfig, ModelConfig, NetVLADConfig, RMACConfig, SOLARConfig, TokenConfig
 from utils.errors import InputError
 
 DRIVE_VIEW = "https://drive.google.com/file/d/{}/view"
@@ -17,45 +20,58 @@ MODELS_DIR = "models"  # where downloads go and names are looked up, unless told
 
 @dataclass(frozen=True)
 class Release:
-    """One released file. ``model``: the model of ours that loads it (``None``: downloaded only, not loadable)."""
+    """One released file. ``config``: the architecture of ours that loads it (``None``: downloaded only, not
+    loadable)."""
 
     name: str
     file: str
     drive_id: str
     source: str
-    model: str | None
+    config: ModelConfig | None
 
     @property
     def address(self):
         """The Drive page of the file, to open in a browser."""
         return DRIVE_VIEW.format(self.drive_id)
 
+    @property
+    def model(self):
+        """The name of the model class that loads the file (``Token``, ``APGeM``, ...), or ``None``."""
+        return type(self.config).__name__.removesuffix("Config") if self.config else None
+
+    @property
+    def hub_name(self):
+        """Its ``hubconf.py`` entry point: ``R101-AP-GeM-LM18`` -> ``ap_gem_lm18_r101``."""
+        depth, model = self.name.split("-", 1)
+        return f"{model}_{depth}".lower().replace("-", "_")
+
 
 _TOKEN = "Token authors' README (Wu et al., AAAI 2022)"
 _DIR = "deep-image-retrieval README"
 RELEASES = (
-    Release("R50-Token", "R50-Token.pth", "111CQpn38d2P82VhbawMrM5wGNMU9AlFq", _TOKEN, "Token"),
-    Release("R101-Token", "R101-Token.pth", "1g_fvpaSyYn9QmzyVnoY7cDlUL7EZWbZz", _TOKEN, "Token"),
+    Release("R50-Token", "R50-Token.pth", "111CQpn38d2P82VhbawMrM5wGNMU9AlFq", _TOKEN,
+            TokenConfig(backbone="resnet50")),
+    Release("R101-Token", "R101-Token.pth", "1g_fvpaSyYn9QmzyVnoY7cDlUL7EZWbZz", _TOKEN, TokenConfig()),
     Release("R101-HOW", "R101-HOW.pth", "101DDy9aEeOK22xfL4xm2HTaeVBBSSr1k",
             f"{_TOKEN}, rows HOW + VLAD / ASMK (HOW: Tolias et al., ECCV 2020)", None),
     Release("R101-NetVLAD", "R101-NetVLAD.pth", "1zESoQbza0c9hqasK8rGJCWoONMV43ekQ",
-            f"{_TOKEN}, Table 1 (NetVLAD: Arandjelovic et al., CVPR 2016)", "NetVLAD"),
+            f"{_TOKEN}, Table 1 (NetVLAD: Arandjelovic et al., CVPR 2016)", NetVLADConfig()),
     Release("R101-RMAC", "R101-RMAC.pth", "12um3mZU2kVNto3MPrZ6FmxFca_tL3Sgi",
-            f"{_TOKEN}, Table 1 (R-MAC: Tolias et al., ICLR 2016)", "RMAC"),
+            f"{_TOKEN}, Table 1 (R-MAC: Tolias et al., ICLR 2016)", RMACConfig()),
     Release("R101-SOLAR", "R101-SOLAR.pth", "1CJNEeE0NDlsl56jnmsZFmPfH-jx32Syh",
-            f"{_TOKEN}, Table 1 (SOLAR: Ng et al., ECCV 2020)", "SOLAR"),
+            f"{_TOKEN}, Table 1 (SOLAR: Ng et al., ECCV 2020)", SOLARConfig()),
     Release("R101-DELG", "R101-DELG.pth", "10WExWiY5cc4-hrQQpQ3yUvOV06f3wYaB",
-            f"{_TOKEN}, Table 1 (DELG: Cao et al., ECCV 2020)", "DELG"),
+            f"{_TOKEN}, Table 1 (DELG: Cao et al., ECCV 2020)", DELGConfig()),
     Release("R101-TL-MAC", "Resnet101-TL-MAC.pt", "13MUGNwn_CYGZvqDBD8FGD8fVYxThsSDg",
-            f"{_DIR} (triplet loss: Gordo et al., IJCV 2017)", "APGeM"),
+            f"{_DIR} (triplet loss: Gordo et al., IJCV 2017)", APGeMConfig(pooling="mac")),
     Release("R101-TL-GeM", "Resnet101-TL-GeM.pt", "1vhm1GYvn8T3-1C4SPjPNJOuTU9UxKAG6",
-            f"{_DIR} (triplet loss: Gordo et al., IJCV 2017)", "APGeM"),
+            f"{_DIR} (triplet loss: Gordo et al., IJCV 2017)", APGeMConfig()),
     Release("R50-AP-GeM", "Resnet50-AP-GeM.pt", "1oPtE_go9tnsiDLkWjN4NMpKjh-_md1G5",
-            f"{_DIR} (AP loss: Revaud et al., ICCV 2019)", "APGeM"),
+            f"{_DIR} (AP loss: Revaud et al., ICCV 2019)", APGeMConfig(backbone="resnet50")),
     Release("R101-AP-GeM", "Resnet101-AP-GeM.pt", "1UWJGDuHtzaQdFhSMojoYVQjmCXhIwVvy",
-            f"{_DIR} (AP loss: Revaud et al., ICCV 2019)", "APGeM"),
+            f"{_DIR} (AP loss: Revaud et al., ICCV 2019)", APGeMConfig()),
     Release("R101-AP-GeM-LM18", "Resnet101-AP-GeM-LM18.pt", "1r76NLHtJsH-Ybfda4aLkUIoW3EEsi25I",
-            f"{_DIR} (AP loss, trained on Google Landmarks 2018)", "APGeM"),
+            f"{_DIR} (AP loss, trained on Google Landmarks 2018)", APGeMConfig()),
 )
 RELEASED = {release.name: release for release in RELEASES}
 

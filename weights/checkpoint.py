@@ -6,15 +6,15 @@ released layout, docs/FACTS.md, "Released checkpoints" and "The baselines", or t
 ``{'epoch', 'state_dict', 'optim'}``), deep-image-retrieval's ``.pt`` files, DDP's ``module.`` prefix, and ours.
 Torch files load with ``weights_only=True``; a deep-image-retrieval file, whose PCA objects that refuses, is read
 again through a restricted unpickler that admits only tensors, arrays, plain data and the PCA's attributes
-(``networks.released``). Released names are mapped onto ours; the architecture is taken from ``model_config``
+(``weights.released``). Released names are mapped onto ours; the architecture is taken from ``model_config``
 when present, else inferred from the keys and shapes. A file that is missing, unreadable, holds NaN or infinite
 weights, an unusable ``model_config`` or keys that do not fit is an ``InputError`` naming it.
 
 Ours: every file holds ``model_state`` (``state_dict`` and ``model_config``, the config's ``to_dict`` with the
-model's name); train.py's ``last.pth`` / ``best.pth`` add what resuming needs (``training_state``).
+model's name); train.py's ``last.pth`` / ``best.pth`` add what resuming needs (``training.checkpointer``). Written
+by ``save_checkpoint``: whole or not at all.
 """
 
-import logging
 import os
 import pickle
 import shutil
@@ -23,19 +23,13 @@ from pathlib import Path
 
 import torch
 
-from networks import released, zoo
 from networks.config import TokenConfig, config_from_dict
 from networks.models import build_model
 from utils.atomic import atomic_write, write_error
 from utils.errors import InputError
 from utils.safe_pickle import UnsafePickleError
+from weights import released, zoo
 
-log = logging.getLogger(__name__)
-
-LAST = "last.pth"
-BEST = "best.pth"
-TRAINING_KEYS = ("step", "steps_per_epoch", "state_dict", "model_config", "optimizer", "scheduler", "scaler", "args",
-                 "best_top1_err", "epoch")
 NUMPY_MAGIC = b"\x93NUMPY"
 
 
@@ -159,7 +153,7 @@ def load_model(path, models_dir=zoo.MODELS_DIR):
     """The model that ``path`` holds, with its weights, in eval mode: any released file of the Token repository
     (Token, R-MAC, SOLAR, DELG, NetVLAD), a deep-image-retrieval ``.pt`` (AP-GeM and its siblings; its PCA
     whitenings in ``model.whitening``, a dict name -> ``PCAWhitening``) or a checkpoint of ours. ``path`` may
-    also be a released model's name (``networks.zoo``, e.g. ``R101-SOLAR``), looked up in ``models_dir``.
+    also be a released model's name (``weights.zoo``, e.g. ``R101-SOLAR``), looked up in ``models_dir``.
 
     The ArcFace classifier is loaded when the file has one (``model.arcface``), else left out.
     """
@@ -192,26 +186,6 @@ def _read_token(path):
 def model_state(model):
     """What every checkpoint of ours holds about the model: its weights and its ``TokenConfig``."""
     return {"state_dict": model.state_dict(), "model_config": model.config.to_dict()}
-
-
-def training_state(model, optimizer, scheduler, scaler, args, step, steps_per_epoch, best_top1_err,
-                   epoch_totals=None):
-    """train.py's ``last.pth`` / ``best.pth``: ``model_state`` plus what resuming needs (``TRAINING_KEYS``).
-
-    ``epoch_totals`` (saved mid-epoch: the epoch's loss sum, image counts and seconds so far) lets the resumed
-    epoch's metrics cover the whole epoch; files without it (older, or saved at an epoch end) start from zero."""
-    return {**model_state(model), "epoch": step // steps_per_epoch, "step": step, "steps_per_epoch": steps_per_epoch,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "args": vars(args), "best_top1_err": best_top1_err, "epoch_totals": epoch_totals or {}}
-
-
-def load_training_state(path):
-    """A train.py checkpoint to resume from, as a dict on the CPU."""
-    obj = read_file(path, "a train.py checkpoint such as last.pth")
-    missing = [key for key in TRAINING_KEYS if not isinstance(obj, dict) or key not in obj]
-    if missing:
-        raise InputError(f"{path}: not a train.py checkpoint to resume from, no {', '.join(missing)}")
-    return obj
 
 
 def save_checkpoint(obj, path):
@@ -256,18 +230,3 @@ def _fsync_directory(directory):
     finally:
         os.close(fd)
 
-
-def find_resume(resume, output_dir):
-    """The checkpoint ``--resume`` names: None (start fresh), a path, or ``auto`` = ``output_dir/last.pth``
-    when it exists (else None, said in the log)."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        last = Path(output_dir) / LAST
-        if last.is_file():
-            return last
-        log.info("--resume auto: no %s yet, starting a fresh run", last)
-        return None
-    if not Path(resume).is_file():
-        raise InputError(f"--resume {resume}: not found; expected a train.py checkpoint such as {LAST}")
-    return Path(resume)

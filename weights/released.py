@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from networks.whitening import PCAWhitening
+from networks.pca_whitening import PCAWhitening
 from utils.errors import InputError
 from utils.safe_pickle import restricted_pickle_module
 

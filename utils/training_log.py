@@ -1,4 +1,4 @@
-"""Training metrics: step statistics kept on the device, ``metrics.csv`` and ``training_curves.png``.
+"""The training log: step statistics kept on the device, ``metrics.csv`` and ``training_curves.png``.
 
 ``metrics.csv`` has one row per epoch (columns ``COLUMNS``): ``epoch`` counts from 1, ``step`` is the optimizer
 steps done, errors are in percent, ``lr`` is the learning rate after the epoch's last step, ``skipped_images``

@@ -1,4 +1,5 @@
-"""PCA whitening of global descriptors, learned or read from a released file.
+"""PCA whitening of global descriptors, learned or read from a released file (the baselines' trained whitening layer
+is ``networks.whitening_layer``).
 
 A whitening is a mean m (D,), principal directions P (k, D) and their variances s (k,). Applied with power p,
 v directions and multiplier c (deep-image-retrieval's ``--whitenp``, ``--whitenv``, ``--whitenm``):

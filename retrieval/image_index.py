@@ -24,7 +24,6 @@ well, cropped to their box first when one is given (``datasets.revisitop.resize_
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import faiss
@@ -32,64 +31,23 @@ import numpy as np
 
 from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
-from networks import load_model, zoo
-from networks.whitening import PCAWhitening
-from retrieval.extract import SCALES, check_extraction, extract, extract_spans, prepare_model
-from retrieval.features import SHARD_SIZE, FeatureStore, feature_key, read_json, save_array, save_json
-from retrieval.search import R1M_COMPRESSED, CompressedIndex
-from retrieval.whitening_files import (
-    DEFAULT_POWER,
-    check_dim,
-    chosen_whitening,
-    read_whitening,
-    save_whitening,
-    whiten_rows,
-)
-from utils.atomic import atomic_write
+from networks.pca_whitening import PCAWhitening
+from retrieval.descriptor_whitening import check_dim, chosen_whitening, read_whitening, save_whitening, whiten_rows
+from retrieval.extract import extract, extract_spans, load_for_extraction
+from retrieval.features import FeatureStore, feature_key, save_array
+from retrieval.search import R1M_COMPRESSED, CompressedSearch
+from retrieval.settings import ExtractionSettings, check_extraction, with_checkpoint_file
+from utils.atomic import atomic_write, read_json, save_json
 from utils.errors import InputError
 
 FORMAT = 1
 INDEX_FILE, PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH = (
     "index.json", "paths.txt", "descriptors.npy", "skipped.txt", "whitening.npz", "search.faiss")
-# exact search up to this many images, the compressed index beyond: python -m benchmarks.index (README)
+# exact search up to this many images, the compressed index beyond: python -m benchmarks.index (docs/benchmarks.md)
 EXACT_MAX_IMAGES = 50_000
-
-
-@dataclass
-class IndexSettings:
-    """How the descriptors of an index are computed (stored in index.json) and how this run computes them."""
-
-    checkpoint: str
-    imsize: int = 1024
-    scales: list = field(default_factory=lambda: list(SCALES))
-    amp: bool = False
-    whiten: str | None = None  # a learned whitening of the checkpoint, by name
-    whiten_file: str | None = None  # a W.npz
-    whiten_power: float = DEFAULT_POWER
-    search: str = "auto"  # auto, exact or compressed
-    # this run only, not stored
-    batch_size: int = 8
-    workers: int = min(8, os.cpu_count() or 1)
-    shard_size: int = SHARD_SIZE
-    progress: bool = True
-
-    STORED = ("checkpoint", "imsize", "scales", "amp", "whiten", "whiten_file", "whiten_power", "search")
-
-    def stored(self):
-        return {k: v for k, v in asdict(self).items() if k in self.STORED}
-
-
-def open_model(checkpoint, device):
-    """The model of ``checkpoint`` ready for extraction on ``device``: the one place that loads a model here."""
-    return prepare_model(load_model(checkpoint), device)
-
-
-def check_settings(s, device):
-    check_extraction(s, device)
-    if s.whiten and s.whiten_file:
-        raise InputError("--whiten and --whiten-file: give one whitening, not both")
-    if s.search not in ("auto", "exact", "compressed"):
-        raise InputError(f"search must be auto, exact or compressed, got {s.search!r}")
+SEARCHES = ("auto", "exact", "compressed")
+# the ExtractionSettings that index.json keeps (with the search): the others are each run's own
+STORED = ("checkpoint", "imsize", "scales", "amp", "whiten", "whiten_file", "whiten_power")
 
 
 def resolve_whitening(settings, model):
@@ -124,16 +82,19 @@ def _part_name(paths):
     return "add-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
 
 
-def build(images, index_dir, settings, env, root=None):
+def build(images, index_dir, settings, env, root=None, search="auto"):
     """Index the images of ``images`` (a folder or a list, see ``datasets.collection.list_images``) in
-    ``index_dir``, replacing what it held. Returns a summary dict (rank 0; None elsewhere)."""
-    check_settings(settings, env.device)
-    settings = replace(settings, checkpoint=str(zoo.resolve(settings.checkpoint)))  # a released name: its file
+    ``index_dir`` with the ``ExtractionSettings`` ``settings``, replacing what it held; ``search``: one of
+    ``SEARCHES`` (``search_kind``). Returns a summary dict (rank 0; None elsewhere)."""
+    check_extraction(settings, env.device)
+    if search not in SEARCHES:
+        raise InputError(f"search must be auto, exact or compressed, got {search!r}")
+    settings = with_checkpoint_file(settings)  # a released name: its file
     paths = list_images(images, root)
     if not paths:
         raise InputError(f"--images {images}: no files found")
     index_dir = Path(index_dir)
-    model = open_model(settings.checkpoint, env.device)
+    model = load_for_extraction(settings.checkpoint, env.device)
     whitening = resolve_whitening(settings, model)
     store = FeatureStore(index_dir / "features", env, settings.progress)
     start = time.perf_counter()
@@ -142,7 +103,8 @@ def build(images, index_dir, settings, env, root=None):
     if not env.is_main:
         return None
     _forget_added_parts(index_dir)
-    meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": settings.stored(),
+    stored = {**{name: getattr(settings, name) for name in STORED}, "search": search}
+    meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": stored,
             "dim": model.config.descriptor_dim, "parts": ["collection"]}
     return {**write_index(index_dir, meta, whitening), "extracted": extracted, "seconds": seconds}
 
@@ -165,8 +127,9 @@ def read_meta(index_dir):
 
 
 def stored_settings(meta, **run):
-    """The ``IndexSettings`` an index was built with, with this run's ``run`` options (workers, batch size...)."""
-    return IndexSettings(**meta["settings"], **run)
+    """The ``ExtractionSettings`` an index was built with, with this run's ``run`` options (workers, batch
+    size...)."""
+    return ExtractionSettings(**{name: meta["settings"][name] for name in STORED}, **run)
 
 
 def _check_checkpoint(meta, index_dir):
@@ -180,12 +143,12 @@ def _check_checkpoint(meta, index_dir):
 
 def add(images, index_dir, env, root=None, **run):
     """Append the images of ``images`` that ``index_dir`` does not hold yet, with the index's own checkpoint
-    and settings; ``run``: this run's batch size, workers, shard size, progress. A summary dict (rank 0)."""
+    and settings; ``run``: this run's batch size, workers, device, shard size, progress. A summary dict (rank 0)."""
     index_dir = Path(index_dir)
     meta = read_meta(index_dir)
     _check_checkpoint(meta, index_dir)
     settings = stored_settings(meta, **run)
-    check_settings(settings, env.device)
+    check_extraction(settings, env.device)
     indexed = set(_read_lines(index_dir / PATHS))
     tried = indexed | set(_read_lines(index_dir / SKIPPED))  # skipped files are not read again; build rereads all
     candidates = list_images(images, root)
@@ -193,7 +156,7 @@ def add(images, index_dir, env, root=None, **run):
     if not new:
         return {"count": meta["count"], "skipped": meta["skipped"], "search": meta["search"], "added": 0,
                 "already": len(candidates), "extracted": 0, "seconds": 0.0} if env.is_main else None
-    model = open_model(settings.checkpoint, env.device)
+    model = load_for_extraction(settings.checkpoint, env.device)
     store = FeatureStore(index_dir / "features", env, settings.progress)
     start = time.perf_counter()
     name = _part_name(new)
@@ -246,7 +209,7 @@ def search_structure(vectors, kind):
         index.add(vectors)
         return index
     try:
-        return CompressedIndex([vectors], **R1M_COMPRESSED).index
+        return CompressedSearch([vectors], **R1M_COMPRESSED).index
     except ValueError as err:
         raise InputError(f"--compressed: {err}") from None
 
@@ -277,7 +240,7 @@ def write_index(index_dir, meta, whitening):
     return {"count": len(paths), "skipped": len(skipped), "search": kind}
 
 
-class Index:
+class ImageIndex:
     """An index folder opened for queries: paths, search structure, whitening and model loaded once.
     ``whiten_file`` / ``whiten_power`` search with another whitening than the index's own: the search structure
     is then rebuilt in memory from the raw descriptors."""
@@ -303,7 +266,7 @@ class Index:
                                            f"--whiten-file {whiten_file}")
             self.power = self.power if whiten_power is None else whiten_power
             self.structure = self._rebuilt()
-        self.model = open_model(self.settings.checkpoint, device)
+        self.model = load_for_extraction(self.settings.checkpoint, device)
 
     def _rebuilt(self):
         vectors = apply_whitening(self.whitening, np.load(self.dir / DESCRIPTORS), self.power)
@@ -339,7 +302,7 @@ def query(index, images, topk=10, boxes=None):
 
 
 def learn_whitening(index_dir, dims=None):
-    """A PCA whitening (``networks.whitening.PCAWhitening.fit``) of an index's raw descriptors."""
+    """A PCA whitening (``networks.pca_whitening.PCAWhitening.fit``) of an index's raw descriptors."""
     read_meta(index_dir)
     descriptors = np.load(Path(index_dir) / DESCRIPTORS)
     try:
