@@ -64,7 +64,7 @@ def get_args_parser():
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"training epochs of each model (default: the recipe's, {DEMO.epochs})")
     parser.add_argument("--models", nargs="+", choices=tuple(ROWS), default=list(DEFAULT_MODELS), metavar="NAME",
-                        help="what to train and evaluate: token, gem (Token with GeM pooling, Table 3), untrained "
+                        help="what to train and evaluate: token, gem (Token pooling by GeM, no tokens), untrained "
                              "(a Token evaluated at its initialisation), and the Table 1 baselines rmac, solar, "
                              f"delg, netvlad, apgem (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),

@@ -23,6 +23,7 @@ from retrieval.settings import (
     extraction_fields,
 )
 from utils.atomic import save_json
+from utils.checks import finite_float_flags
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
 
@@ -80,7 +81,7 @@ def get_args_parser():
     w.add_argument("--out", required=True, metavar="W.npz", help="whitening file to write (for build, query and "
                                                                   "test.py --whiten-file)")
     w.add_argument("--dims", type=int, metavar="N", help="keep the N leading directions (default: all there are)")
-    return parser
+    return finite_float_flags(parser)
 
 
 def _say_index(summary, index_dir):

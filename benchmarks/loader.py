@@ -50,7 +50,6 @@ from PIL import Image
 from torchvision.io import decode_jpeg
 
 from benchmarks.common import OUT_DIR, default_out, machine, set_threads, table, write_json
-from datasets.gldv2 import train_transform
 from datasets.images import load_rgb, open_image, to_rgb
 from datasets.revisitop import resize_database
 from datasets.transforms import (
@@ -62,6 +61,7 @@ from datasets.transforms import (
     jitter_params,
     normalize,
     to_unit,
+    train_transform,
 )
 
 SCALE = (0.2, 1.0)

@@ -1,4 +1,5 @@
-"""Google Landmarks v2 (clean) for training: annotations, a cached train/val split, transforms, a dataset.
+"""Google Landmarks v2 (clean) for training: annotations, a cached train/val split, a dataset (whose transforms
+are in datasets/transforms.py).
 
 Layout (the authors'): the data root ``DIR`` holds the GLDv2 folder ``DIR/Google-landmark-v2`` (``GLDV2_DIR``),
 which holds, as the CVDF download unpacks it::
@@ -27,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torchvision.transforms as T
 from torch.utils.data import Dataset, default_collate
 
-from datasets.images import ImageReadError, load_rgb, to_normalized_tensor
+from datasets.images import ImageReadError, load_rgb
 from utils.atomic import atomic_write
 from utils.errors import InputError
 from utils.safe_pickle import safe_load
@@ -261,34 +261,6 @@ def _write_cache(cache_dir, settings, landmark_ids, train, val):
         reason = os.strerror(err.errno) if err.errno else err
         raise InputError(f"cannot write the GLDv2 split cache to {cache_dir} ({reason}): "
                          "pass a writable cache_dir") from None
-
-
-# ---------------------------------------------------------------- transforms
-
-
-def train_transform(imsize=512, crop_scale=(0.2, 1.0), hflip=True, color_jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8):
-    """The released training augmentation; each step is switched off by None/False.
-
-    Without ``crop_scale`` the image is resized (short side ``imsize``) and centre-cropped instead, so
-    batches keep one size. ``color_jitter`` = (brightness, contrast, saturation, hue), applied with
-    probability ``jitter_p``.
-    """
-    if crop_scale:
-        steps = [T.RandomResizedCrop(imsize, scale=tuple(crop_scale))]
-    else:
-        steps = [T.Resize(imsize), T.CenterCrop(imsize)]
-    if hflip:
-        steps.append(T.RandomHorizontalFlip())
-    if color_jitter and jitter_p:
-        steps.append(T.RandomApply([T.ColorJitter(*color_jitter)], p=jitter_p))
-    return T.Compose(steps + [to_normalized_tensor()])
-
-
-def val_transform(imsize=512):
-    """Resize the short side to round(imsize * 8/7) (bicubic, as released), centre-crop ``imsize``, normalise."""
-    resize = T.Resize(round(imsize * 8 / 7), interpolation=T.InterpolationMode.BICUBIC)
-    return T.Compose([resize, T.CenterCrop(imsize)] + [to_normalized_tensor()])
-
 
 
 # ---------------------------------------------------------------- dataset

@@ -1,6 +1,8 @@
-"""The fast training pipeline: the released augmentation (``datasets.gldv2.train_transform``) split so that the
-data-loading processes do only what needs the file, and the per-pixel colour work runs on the batch, on the
-training device.
+"""Every augmentation of training and evaluation: the released one (``train_transform``, ``val_transform``), the
+fast pipeline, and which of them train.py's flags choose (``train_loader_transform``, ``device_jitter``).
+
+The fast pipeline is the released augmentation split so that the data-loading processes do only what needs the
+file, and the per-pixel colour work runs on the batch, on the training device.
 
 In the loader process (``FastTrainCrop``, called with the file path):
 
@@ -12,9 +14,9 @@ In the loader process (``FastTrainCrop``, called with the file path):
    PIL images, but by torch's uint8 kernel: ``resize_crop``; a box mapped into a reduced image, by PIL), flipped
    with probability 1/2, and returned as a uint8 tensor.
 
-On the device (``to_unit``, ``BatchColorJitter``, ``normalize``): the colour jitter of torchvision's ``ColorJitter``
-applied with probability ``p``, each image with its own factors and order, drawn as torchvision draws them
-(``jitter_params``), then the conversion to float and the ImageNet normalisation.
+On the device (``on_device``: ``to_unit``, ``BatchColorJitter``, ``normalize``): the colour jitter of torchvision's
+``ColorJitter`` applied with probability ``p``, each image with its own factors and order, drawn as torchvision
+draws them (``jitter_params``), then the conversion to float and the ImageNet normalisation.
 """
 
 import math
@@ -25,7 +27,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as F
 from PIL import Image
 
-from datasets.images import IMAGENET_MEAN, IMAGENET_STD, open_image, to_rgb
+from datasets.images import IMAGENET_MEAN, IMAGENET_STD, open_image, to_normalized_tensor, to_rgb
 
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -229,3 +231,63 @@ def normalize(images):
     mean = torch.tensor(IMAGENET_MEAN, device=images.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=images.device)[:, None, None]
     return (images - mean) / std
+
+
+def train_transform(imsize=512, crop_scale=(0.2, 1.0), hflip=True, color_jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8):
+    """The released training augmentation; each step is switched off by None/False.
+
+    Without ``crop_scale`` the image is resized (short side ``imsize``) and centre-cropped instead, so
+    batches keep one size. ``color_jitter`` = (brightness, contrast, saturation, hue), applied with
+    probability ``jitter_p``.
+    """
+    if crop_scale:
+        steps = [T.RandomResizedCrop(imsize, scale=tuple(crop_scale))]
+    else:
+        steps = [T.Resize(imsize), T.CenterCrop(imsize)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if color_jitter and jitter_p:
+        steps.append(T.RandomApply([T.ColorJitter(*color_jitter)], p=jitter_p))
+    return T.Compose(steps + [to_normalized_tensor()])
+
+
+def val_transform(imsize=512):
+    """Resize the short side to round(imsize * 8/7) (bicubic, as released), centre-crop ``imsize``, normalise."""
+    resize = T.Resize(round(imsize * 8 / 7), interpolation=T.InterpolationMode.BICUBIC)
+    return T.Compose([resize, T.CenterCrop(imsize)] + [to_normalized_tensor()])
+
+
+def on_device(images, augment=None):
+    """A batch on its training device: uint8 (``--pipeline fast``) -> float in [0, 1], ``augment`` (the colour
+    jitter, or None), ImageNet-normalised; a float batch (``--pipeline released``, val) arrives normalised."""
+    if images.dtype != torch.uint8:
+        return images
+    images = to_unit(images)
+    if augment is not None:
+        images = augment(images)
+    return normalize(images)
+
+
+def jitter_on_device(device):
+    """Whether the fast pipeline leaves the colour jitter to the device: on a GPU. On the CPU, PIL's 8-bit jitter
+    in the loader processes costs less than the batch jitter (README, "Speed and memory")."""
+    return device.type == "cuda"
+
+
+def device_jitter(args, device):
+    """The colour jitter that train.py's flags ``args`` leave to ``device`` (fast pipeline), or None (off, or done
+    in the loader)."""
+    if not (args.jitter and args.jitter_p and jitter_on_device(device)):
+        return None
+    return BatchColorJitter(args.color_jitter, args.jitter_p)
+
+
+def train_loader_transform(args, device):
+    """The transform of the training images in the loader for train.py's flags ``args`` on ``device``: the fast
+    pipeline's ``FastTrainCrop`` (the jitter too unless ``device`` does it), or the released ``train_transform``."""
+    crop_scale = args.crop_scale if args.random_crop else None
+    jitter = args.color_jitter if args.jitter else None
+    if args.pipeline == "fast":
+        return FastTrainCrop(args.imsize, crop_scale, args.hflip,
+                             color_jitter=None if jitter_on_device(device) else jitter, jitter_p=args.jitter_p)
+    return train_transform(args.imsize, crop_scale, args.hflip, jitter, args.jitter_p)

@@ -10,7 +10,7 @@ and their preprocessing settings in ``preprocess``.
 import torch.nn.functional as F
 from torch import nn
 
-from networks.arcface import ArcFace, ArcFaceModel
+from networks.arcface import ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import APGeMConfig
 from networks.pooling import MAC, GeM, flatten_map
@@ -26,8 +26,7 @@ class APGeM(ArcFaceModel):
         self.backbone = Backbone(config.backbone, pretrained, backbone_weights)
         self.pool = GeM(config.gem_p) if config.pooling == "gem" else MAC()
         self.fc = nn.Linear(self.backbone.channels, config.out_dim)
-        self.arcface = ArcFace(config.out_dim, num_classes, config.arcface_margin,
-                               config.arcface_scale) if num_classes else None
+        self.add_arcface(num_classes)
         self.whitening, self.preprocess = {}, {}
 
     def forward_test(self, images):

@@ -30,8 +30,16 @@ class ArcFace(nn.Module):
 
 
 class ArcFaceModel(nn.Module):
-    """A retrieval model trained by an ArcFace head on its descriptor: a subclass defines ``forward_test`` and
-    sets ``self.arcface`` (an ``ArcFace``, or None for a test-time model)."""
+    """A retrieval model trained by an ArcFace head on its descriptor: a subclass sets ``self.config``, defines
+    ``forward_test`` and calls ``self.add_arcface(num_classes)`` after the layers of its descriptor, where the head
+    sits in its state_dict (the order of the parameters is that of the optimizer's saved state)."""
+
+    def add_arcface(self, num_classes, dim=None):
+        """``self.arcface``: the head over descriptors of ``dim`` (default ``config.out_dim``) with the config's
+        ``arcface_margin`` and ``arcface_scale``; None without ``num_classes`` (a test-time model)."""
+        config = self.config
+        self.arcface = ArcFace(dim or config.out_dim, num_classes, config.arcface_margin,
+                               config.arcface_scale) if num_classes else None
 
     def forward(self, images, labels):
         """Training step: ArcFace cross-entropy ``loss`` and the margin ``logits`` (B, classes)."""

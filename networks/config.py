@@ -112,8 +112,8 @@ class TokenConfig(ModelConfig):
     lfsa_blocks: int = _setting(1, "local feature self-attention blocks (Table 3)")
     refinement_blocks: int = _setting(2, "refinement blocks N (Table 4)")
     tokenizer: str = _setting("attention", "tokenizer kind (Table 5)", TOKENIZERS)
-    aggregation: str = _setting("tokens", "tokens (the paper's), or the SPoC / GeM pooling baselines (Table 3)",
-                                AGGREGATIONS)
+    aggregation: str = _setting("tokens", "tokens (the paper's), or the SPoC (Table 3) / GeM pooling of the local "
+                                "features", AGGREGATIONS)
     cross_attention: bool = _setting(True, "refinement blocks without cross-attention (Table 4)")
     self_attention: bool = _setting(True, "refinement blocks without self-attention (Table 4)")
     dropout: float = _setting(0.1, "dropout in attention and MLPs")

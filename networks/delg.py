@@ -52,8 +52,7 @@ class DELG(ArcFaceModel):
         self.backbone = Backbone(config.backbone, pretrained, backbone_weights)
         self.pool = GeM(config.gem_p, learn=False)
         self.whiten = WhiteningLayer(self.backbone.channels, config.out_dim)
-        self.arcface = ArcFace(config.out_dim, num_classes, config.arcface_margin,
-                               config.arcface_scale) if num_classes else None
+        self.add_arcface(num_classes)
         self.local = LocalAttention(self.backbone.channels // 2, config.local_dim, num_classes, config.local_margin,
                                     config.local_scale)
         self.loss_parts = {}

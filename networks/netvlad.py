@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.arcface import ArcFace, ArcFaceModel
+from networks.arcface import ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import NetVLADConfig
 from networks.lfsa import LFSA
@@ -41,7 +41,7 @@ class NetVLAD(ArcFaceModel):
         self.lfsa = LFSA(dim, config.heads, config.dropout, config.drop_path)
         self.centroids = nn.Parameter(torch.randn(1, dim, config.clusters) * dim**-0.5)
         self.projection = nn.Sequential(nn.Linear(config.clusters * dim, dim), nn.BatchNorm1d(dim))
-        self.arcface = ArcFace(dim, num_classes, config.arcface_margin, config.arcface_scale) if num_classes else None
+        self.add_arcface(num_classes, dim)
         self.backbone.eval()
 
     def train(self, mode=True):

@@ -7,7 +7,7 @@ that training and retrieval compute one descriptor.
 """
 
 
-from networks.arcface import ArcFace, ArcFaceModel
+from networks.arcface import ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import RMACConfig
 from networks.pooling import rmac
@@ -22,8 +22,7 @@ class RMAC(ArcFaceModel):
         self.config = config = RMACConfig.of(config, **settings)
         self.backbone = Backbone(config.backbone, pretrained, backbone_weights)
         self.whiten = WhiteningLayer(self.backbone.channels, config.out_dim)
-        self.arcface = ArcFace(config.out_dim, num_classes, config.arcface_margin,
-                               config.arcface_scale) if num_classes else None
+        self.add_arcface(num_classes)
 
     def forward_test(self, images):
         """L2-normalised descriptors (B, out_dim) of normalised images (B, 3, H, W)."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.arcface import ArcFace, ArcFaceModel
+from networks.arcface import ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import SOLARConfig
 from networks.pooling import GeM, flatten_map
@@ -55,8 +55,7 @@ class SOLAR(ArcFaceModel):
         self.soa = SecondOrderAttention(self.backbone.channels)
         self.pool = GeM(config.gem_p, learn=False)
         self.whiten = WhiteningLayer(self.backbone.channels, config.out_dim)
-        self.arcface = ArcFace(config.out_dim, num_classes, config.arcface_margin,
-                               config.arcface_scale) if num_classes else None
+        self.add_arcface(num_classes)
 
     def forward_test(self, images):
         """L2-normalised descriptors (B, out_dim) of normalised images (B, 3, H, W)."""

@@ -2,8 +2,14 @@
 -> L2-normalised global descriptor, trained with ArcFace (paper, Fig. 2; docs/FACTS.md, "The model").
 
 The ablations of Tables 3-6 are ``TokenConfig`` fields: ``tokenizer`` (Table 5), ``num_tokens`` (Table 6),
-``lfsa_blocks`` and ``aggregation="spoc"|"gem"`` (Table 3), ``refinement_blocks``, ``cross_attention`` and
-``self_attention`` (Table 4).
+``lfsa_blocks`` and ``aggregation="spoc"`` (Table 3, whose baseline is SPoC), ``refinement_blocks``,
+``cross_attention`` and ``self_attention`` (Table 4); ``aggregation="gem"`` is this repository's GeM beside it.
+
+SPoC and GeM replace the tokenizer and refinement blocks and pool the local features the tokens would see: after the
+input projection's BatchNorm and LFSA, so signed. SPoC's mean takes them whole; GeM's max(x, eps)^p keeps only the
+positive part of each channel. GeM on non-negative features would pool the trunk's ReLU map, before the projection
+and LFSA: that changes the local features, not the aggregation alone, so the ablation keeps the tokens' features
+(docs/models.md, "The GeM ablation", gives the measured cost).
 """
 
 from dataclasses import replace
@@ -12,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.arcface import ArcFace, ArcFaceModel
+from networks.arcface import ArcFaceModel
 from networks.backbone import Backbone
 from networks.config import TokenConfig
 from networks.lfsa import LFSA
@@ -51,9 +57,7 @@ class Token(ArcFaceModel):
             self.pool = SPoC() if config.aggregation == "spoc" else GeM()
             pooled_dim = dim
         self.projection = nn.Sequential(nn.Linear(pooled_dim, config.out_dim), nn.BatchNorm1d(config.out_dim))
-        self.arcface = None
-        if num_classes:
-            self.arcface = ArcFace(config.out_dim, num_classes, config.arcface_margin, config.arcface_scale)
+        self.add_arcface(num_classes)
 
     def local_features(self, images):
         """Context-aware local features (B, N, d) and the feature map size (H, W)."""

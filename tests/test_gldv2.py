@@ -23,10 +23,9 @@ from datasets.gldv2 import (
     image_path,
     load_gldv2,
     resolve_gldv2_root,
-    train_transform,
-    val_transform,
 )
 from datasets.images import IMAGENET_MEAN
+from datasets.transforms import train_transform, val_transform
 from utils.errors import InputError
 from utils.safe_pickle import safe_load
 

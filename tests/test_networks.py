@@ -18,8 +18,16 @@ from weights import load_token
 torch.manual_seed(0)
 
 
+def randomise(module):
+    """Non-zero weights everywhere: the released initialisation zeroes the attention's output projection, under
+    which any concatenation of the heads gives the same (zero) output."""
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return module
+
+
 def test_attention_is_softmax_over_keys_scaled_by_head_dim():
-    attn = MultiHeadAttention(8, heads=2, dropout=0.0).eval()
+    attn = randomise(MultiHeadAttention(8, heads=2, dropout=0.0)).eval()
     q, kv = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
     out, weights = attn(q, kv, kv, return_attention=True)
     Q, K, V = attn.q(q), attn.k(kv), attn.v(kv)
@@ -33,8 +41,9 @@ def test_attention_is_softmax_over_keys_scaled_by_head_dim():
 
 
 def test_lfsa_batchnorm_runs_over_all_positions():
-    block = LFSA(8, heads=2, dropout=0.0, drop_path=0.0).train()
+    block = randomise(LFSA(8, heads=2, dropout=0.0, drop_path=0.0)).train()
     x = torch.randn(3, 5, 8)
+    assert block.attn(x, x, x).abs().min() > 0  # the attention branch counts
     y = block.attn(x, x, x) + x
     flat = y.reshape(-1, 8)
     normed = (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5)
@@ -67,9 +76,7 @@ def test_vq_centres_move_towards_their_soft_assigned_mean():
 
 
 def test_refinement_block_order_cross_mlp_self():
-    block = RefinementBlock(8, heads=2, dropout=0.0, drop_path=0.0).eval()
-    for p in block.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+    block = randomise(RefinementBlock(8, heads=2, dropout=0.0, drop_path=0.0)).eval()
     t, x = torch.randn(2, 3, 8), torch.randn(2, 6, 8)
     n1 = block.norm1(t)
     t1 = t + block.cross_attn(n1, x, x)

@@ -12,18 +12,20 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F2
 
 from benchmarks import loader as loader_benchmark
-from datasets.gldv2 import LandmarkImages, train_transform
+from datasets.gldv2 import LandmarkImages
 from datasets.transforms import (
     RATIO,
     FastTrainCrop,
     color_jitter,
     crop_box,
+    device_jitter,
     jitter_params,
     normalize,
     shift_hue,
     to_unit,
+    train_transform,
 )
-from training.engine import device_jitter, to_device
+from training.engine import to_device
 from training.options import get_args_parser
 from utils.distributed import DistEnv
 
@@ -118,11 +120,11 @@ def test_pipeline_flag_selects_the_transform_and_the_device_step(tmp_path):
     (fast_image, label), (old_image, _) = fast_set[0], old_set[0]
     assert label == 3 and fast_image.dtype == torch.uint8 and old_image.dtype == torch.float32
     env = DistEnv(rank=0, world_size=1, device=torch.device("cpu"))
-    assert device_jitter(defaults, env) is None  # on the CPU the loader jitters
+    assert device_jitter(defaults, env.device) is None  # on the CPU the loader jitters
     cuda = DistEnv(rank=0, world_size=1, device=torch.device("cuda"))
-    assert device_jitter(defaults, cuda) is not None
-    assert device_jitter(get_args_parser().parse_args(["--no-color-jitter"]), cuda) is None
-    jitter = device_jitter(defaults, cuda)
+    assert device_jitter(defaults, cuda.device) is not None
+    assert device_jitter(get_args_parser().parse_args(["--no-color-jitter"]), cuda.device) is None
+    jitter = device_jitter(defaults, cuda.device)
     batch = to_device(fast_image[None], env, jitter)  # the device step, run here on the CPU
     assert batch.dtype == torch.float32 and batch.shape == (1, 3, 32, 32)
     assert torch.equal(to_device(old_image[None], env, jitter), old_image[None])  # normalised by the loader

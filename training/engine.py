@@ -2,7 +2,7 @@
 
 import logging
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.distributed import ReduceOp
 from tqdm import tqdm
 
-from datasets.transforms import BatchColorJitter, normalize, to_unit
+from datasets.transforms import device_jitter, on_device
 from utils.distributed import all_reduce, broadcast_buffers
 from utils.training_log import StepMeter
 
@@ -29,29 +29,10 @@ def memory_format(device):
 
 
 def to_device(images, env, augment=None):
-    """A batch on ``env.device`` in its memory format. A uint8 batch (``--pipeline fast``) is made float there,
-    augmented by ``augment`` (the colour jitter) and ImageNet-normalised; a float batch (``--pipeline released``,
-    val) arrives normalised by the loader."""
-    images = images.to(env.device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        images = to_unit(images)
-        if augment is not None:
-            images = augment(images)
-        images = normalize(images)
+    """A batch on ``env.device`` in its memory format, made float, augmented by ``augment`` and normalised there
+    when it comes uint8 (``datasets.transforms.on_device``)."""
+    images = on_device(images.to(env.device, non_blocking=True), augment)
     return images.to(memory_format=memory_format(env.device))
-
-
-def jitter_on_device(env):
-    """Whether the fast pipeline leaves the colour jitter to the device: on a GPU. On the CPU, PIL's 8-bit jitter
-    in the loader processes costs less than the batch jitter (README, "Speed and memory")."""
-    return env.device.type == "cuda"
-
-
-def device_jitter(args, env):
-    """The colour jitter the fast pipeline leaves to the device, or None (off, or done in the loader)."""
-    if not (args.jitter and args.jitter_p and jitter_on_device(env)):
-        return None
-    return BatchColorJitter(args.color_jitter, args.jitter_p)
 
 
 def derived_seed(*keys):
@@ -76,27 +57,68 @@ def require_finite(model, step):
 
 
 def forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step, augment=None):
-    """One micro-batch of optimizer step ``step``: forward, scaled backward. Returns whether gradients were made.
+    """One micro-batch of optimizer step ``step``: forward, backward of its loss / --update-every. Returns whether
+    the micro-batch was usable (``mean_over_usable`` then makes the step's gradient their mean).
 
-    A batch left with fewer than two readable images is skipped; under DDP the other ranks wait for this one's
-    gradients, so it takes part with a blank batch whose loss is multiplied by 0. A model whose loss has parts
-    (DELG's global and local heads) names them in ``model.loss_part_names`` and keeps their values of the last
-    forward in ``model.loss_parts``; the meter logs them beside the loss.
+    A batch left with fewer than two readable images is skipped: it changes no weight, gradient or buffer; under
+    DDP this rank still joins the gradient all-reduce (``blank_backward``). A model whose loss has parts (DELG's
+    global and local heads) names them in ``model.loss_part_names`` and keeps their values of the last forward in
+    ``model.loss_parts``; the meter logs them beside the loss.
     """
-    usable = len(labels) >= MIN_BATCH
-    if not usable:
+    if len(labels) < MIN_BATCH:
         log.warning("step %d: skipping a batch with %d readable image(s)", step, len(labels))
-        if not env.distributed:
-            return False
-        images = torch.zeros(MIN_BATCH, 3, args.imsize, args.imsize)
-        labels = torch.zeros(MIN_BATCH, dtype=torch.int64)
+        if env.distributed:
+            blank_backward(model, ddp_model, scaler, args, env)
+        return False
     images = to_device(images, env, augment)
     labels = labels.to(env.device, non_blocking=True)
     with torch.autocast(env.device.type, dtype=AMP_DTYPES[args.amp], enabled=args.amp != "none"):
         loss, _ = ddp_model(images, labels)
-    if usable:
-        meter.update(loss, len(labels), step, getattr(model, "loss_parts", None))
-    scaler.scale(loss * (float(usable) / args.update_every)).backward()
+    meter.update(loss, len(labels), step, getattr(model, "loss_parts", None))
+    scaler.scale(loss / args.update_every).backward()
+    return True
+
+
+@contextmanager
+def buffers_kept(model):
+    """Put every buffer of ``model`` (BatchNorm statistics, the VQ tokenizer's EMA centres) back on exit."""
+    saved = [buffer.clone() for buffer in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), saved, strict=True):
+                buffer.copy_(value)
+
+
+def blank_backward(model, ddp_model, scaler, args, env):
+    """This rank's part in the DDP gradient all-reduce of a micro-batch it skips: DDP's reducer only counts a
+    backward that follows a forward of the wrapper, on every rank. The forward takes blank images with the buffers
+    put back after it; the backward is of zero times the loss and every trained parameter, so every gradient hook
+    fires with zeros. Under SyncBatchNorm (GPUs) the blank images still enter that forward's batch statistics of
+    the other ranks."""
+    images = torch.zeros(MIN_BATCH, 3, args.imsize, args.imsize, device=env.device)
+    labels = torch.zeros(MIN_BATCH, dtype=torch.int64, device=env.device)
+    with buffers_kept(model):  # after the backward too: BatchNorm's saves its running statistics for it
+        with torch.autocast(env.device.type, dtype=AMP_DTYPES[args.amp], enabled=args.amp != "none"):
+            loss, _ = ddp_model(images.to(memory_format=memory_format(env.device)), labels)
+        every_parameter = sum(p.sum() for p in model.parameters() if p.requires_grad)
+        scaler.scale(0.0 * (loss.float() + every_parameter)).backward()
+
+
+def mean_over_usable(model, usable, env, update_every):
+    """Make the step's summed gradients (each micro-batch's / --update-every, averaged over ranks by DDP) their mean
+    over the micro-batches of every rank that were usable, ``usable`` of them on this rank: a skipped micro-batch
+    does not shrink the others'. Returns False when none was usable anywhere (no optimizer step)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not env.distributed:
+        if 0 < usable < update_every:
+            torch._foreach_mul_(grads, update_every / usable)
+        return usable > 0
+    total = all_reduce(torch.tensor(float(usable), device=env.device))
+    if not usable and not total.item():  # only a rank with nothing usable waits for the count
+        return False
+    torch._foreach_mul_(grads, update_every * env.world_size / total)
     return True
 
 
@@ -122,21 +144,21 @@ def train_one_epoch(model, ddp_model, loader, optimizer, scheduler, scaler, args
     end = (epoch + 1) * steps_per_epoch
     bar = tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                disable=not (env.is_main and args.progress), dynamic_ncols=True, mininterval=1.0)
-    trained = False  # whether any micro-batch of the current optimizer step made gradients
-    augment = device_jitter(args, env)
+    usable = 0  # the micro-batches of the current optimizer step that were usable on this rank
+    augment = device_jitter(args, env.device)
     for i, (images, labels, skipped) in enumerate(loader):
         meter.count_skipped(skipped)
         last_micro = (i + 1) % args.update_every == 0
         with ddp_model.no_sync() if env.distributed and not last_micro else nullcontext():
-            trained |= forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step + 1,
-                                        augment)
+            usable += forward_backward(model, ddp_model, images, labels, scaler, meter, args, env, step + 1,
+                                       augment)
         if not last_micro:
             continue
-        if trained:
+        if mean_over_usable(model, usable, env, args.update_every):
             optimizer_step(model, optimizer, scaler, args.clip_grad)
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        step, trained = step + 1, False
+        step, usable = step + 1, 0
         bar.update()
         mid_epoch_save = args.save_every and step % args.save_every == 0 and step < end
         if step % args.log_every == 0 or mid_epoch_save:

@@ -119,7 +119,7 @@ def get_args_parser(model="token"):
                      help="steps between progress-bar updates of loss and images/s (and checks for a NaN loss)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bars (for log files); the log line of every epoch stays")
-    return parser
+    return checks.finite_float_flags(parser)
 
 
 def parse_args(argv=None):

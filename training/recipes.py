@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from networks.config import CONFIGS, TokenConfig
 
 # demo.py --models name -> the model it trains (token, gem) or initialises (untrained): the gem row is Token with
-# GeM pooling in place of the tokens (Table 3); every other name is a Table 1 baseline of networks.config.CONFIGS
+# GeM pooling of its local features in place of the tokens (networks/token.py); every other name is a Table 1
+# baseline of networks.config.CONFIGS
 TOKEN_VARIANTS = {"token": {}, "gem": {"aggregation": "gem"}, "untrained": {}}
 
 

@@ -18,11 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from datasets.gldv2 import LandmarkImages, collate_skip_bad, load_gldv2, train_transform, val_transform
-from datasets.transforms import FastTrainCrop
+from datasets.gldv2 import LandmarkImages, collate_skip_bad, load_gldv2
+from datasets.transforms import train_loader_transform, val_transform
 from networks import build_model
 from training.checkpointer import Checkpointer, find_resume, load_training_state
-from training.engine import derived_seed, jitter_on_device, memory_format, seed_rng, train_one_epoch, validate
+from training.engine import derived_seed, memory_format, seed_rng, train_one_epoch, validate
 from training.optim import build_optimizer, lr_factor
 from training.options import check_args, check_paths, check_resume_args, model_config
 from utils.distributed import ShardSampler, TrainSampler, main_process_first
@@ -36,14 +36,7 @@ def build_data(args, env, micro_batch):
     """The GLDv2 split and its train/val loaders; the train sampler yields whole optimizer steps only."""
     with main_process_first(env):  # rank 0 builds the split cache, the others read it
         split = load_gldv2(args.data_root, args.csv, args.split_seed, args.val_fraction, args.cache_dir)
-    crop_scale = args.crop_scale if args.random_crop else None
-    jitter = args.color_jitter if args.jitter else None
-    if args.pipeline == "fast":  # uint8 crops; the normalisation (and on a GPU the colour jitter) on the device
-        augment = FastTrainCrop(args.imsize, crop_scale, args.hflip, color_jitter=None if jitter_on_device(env)
-                                else jitter, jitter_p=args.jitter_p)
-    else:
-        augment = train_transform(args.imsize, crop_scale, args.hflip, jitter, args.jitter_p)
-    train_set = LandmarkImages(split.train, split.root, augment)
+    train_set = LandmarkImages(split.train, split.root, train_loader_transform(args, env.device))
     val_set = LandmarkImages(split.val, split.root, val_transform(args.imsize))
     sampler = TrainSampler(train_set, env, args.seed, micro_batch * args.update_every)
     if not len(sampler):

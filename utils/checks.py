@@ -1,6 +1,7 @@
 """Checks of command-line values, shared by the scripts: each returns the value or raises an ``InputError`` that
 names the flag, the value given and what was expected (one line, exit code 2 through ``fail_cleanly``)."""
 
+import argparse
 import math
 
 from utils.errors import InputError
@@ -50,3 +51,27 @@ def ordered_pair(flag, pair, low, high):
     if not (low < first <= second <= high):
         _fail(flag, pair, f"MIN MAX with {low} < MIN <= MAX <= {high}")
     return pair
+
+
+def finite_float_flags(parser):
+    """Make every ``type=float`` flag of ``parser`` and of its subcommands refuse nan and inf (``float`` takes
+    them, and a check such as ``alpha < 0`` lets nan through): one line naming the flag, as the checks above.
+    Returns ``parser``; train.py's, test.py's and index.py's parsers pass through it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                finite_float_flags(subparser)
+        elif action.type is float:
+            action.type = _finite_float(action.option_strings[0] if action.option_strings else action.dest)
+    return parser
+
+
+def _finite_float(flag):
+    def check(text):
+        value = float(text)
+        if not math.isfinite(value):
+            _fail(flag, text, "a finite number (nan and inf are refused)")
+        return value
+
+    check.__name__ = "float"  # what argparse names in "invalid float value: 'x'" for text that is not a number
+    return check
