@@ -122,7 +122,7 @@ class FastTrainCrop:
 def resize_crop(pixels, imsize):
     """An H x W x 3 uint8 array resampled to a 3 x ``imsize`` x ``imsize`` uint8 tensor: bilinear with
     antialiasing (PIL's filter, within a fraction of a grey level), by torch's uint8 kernel for channels-last
-    images, faster than PIL's (README, "Speed and memory")."""
+    images, faster than PIL's (docs/benchmarks.md)."""
     crop = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # channels-last, as decoded
     out = torch.nn.functional.interpolate(crop, size=(imsize, imsize), mode="bilinear", antialias=True,
                                           align_corners=False)
@@ -270,7 +270,7 @@ def on_device(images, augment=None):
 
 def jitter_on_device(device):
     """Whether the fast pipeline leaves the colour jitter to the device: on a GPU. On the CPU, PIL's 8-bit jitter
-    in the loader processes costs less than the batch jitter (README, "Speed and memory")."""
+    in the loader processes costs less than the batch jitter (docs/benchmarks.md)."""
     return device.type == "cuda"
 
 

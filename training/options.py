@@ -71,7 +71,7 @@ def get_args_parser(model="token"):
     aug.add_argument("--pipeline", default="fast", choices=("fast", "released"),
                      help="fast: loader processes size the crop from the JPEG header, decode large crops at a reduced "
                           "scale and send uint8 crops, normalised on the device; the colour jitter runs on the batch "
-                          "on a GPU, in the loader on the CPU (README, Speed and memory). released: the released "
+                          "on a GPU, in the loader on the CPU (docs/benchmarks.md). released: the released "
                           "torchvision transforms, all in the loader processes")
 
     group = parser.add_argument_group(f"model: {model} ({first_line(CONFIGS[model].__doc__)})")

@@ -15,7 +15,7 @@ def test_stage(seconds, report, checkpoint, world, work, profile, device, worker
     import importlib.util
 
     if importlib.util.find_spec("faiss") is None:
-        raise OutOfTime("faiss is not installed here (test.py needs it; README, 'GPU check')")
+        raise OutOfTime("faiss is not installed here (test.py needs it; docs/benchmarks.md, 'GPU check')")
     amp = device == "cuda"  # test.py --amp is CUDA only: the smoke run compares float32 with float32
     out = work / "test-amp"
     log = out.with_suffix(".log")
