@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,12 +98,32 @@ def training_args(recipe, name, progress=True):
     return args
 
 
+@contextmanager
+def job_logging(name):
+    """The job ``name``'s INFO lines on stderr, prefixed by its row; the root logger as it was afterwards (with
+    --jobs 1 the jobs run in the caller's process, whose logging must not change)."""
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [{ROWS[name]}] %(message)s", datefmt="%H:%M:%S"))
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
+
+
 def run_model(recipe, name, progress):
     """Train (or initialise) the model ``name`` and evaluate it, with progress bars or (side by side with other
     jobs) a log line per epoch: its row of the table and the figures it drew (the trained Token's)."""
     torch.set_num_threads(1)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{ROWS[name]}] %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    with job_logging(name):
+        return _train_and_evaluate(recipe, name, progress)
+
+
+def _train_and_evaluate(recipe, name, progress):
     if name == "untrained":
         out = Path(recipe.run_dir) / name
         out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ trains and evaluates the Table 1 baselines it is given (--models), and its full 
 above the untrained one."""
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_quick_demo_end_to_end_writes_what_it_says_and_jobs_do_not_change_the_ta
 
 
 def test_quick_demo_trains_and_evaluates_the_baselines_it_is_given(tmp_path, capfd):
+    root = logging.getLogger()
+    logging_before = root.level, root.handlers[:]
     summary, printed, logged = run_demo(capfd, "--quick", "--models", "netvlad", "delg", "--jobs", "1",
                                         "--run-dir", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"))
     assert list(summary["mAP"]) == ["trained DELG", "trained NetVLAD"] and summary["models"] == ["delg", "netvlad"]
@@ -59,6 +62,7 @@ def test_quick_demo_trains_and_evaluates_the_baselines_it_is_given(tmp_path, cap
     assert "train_loss_local" in (tmp_path / "run" / "delg" / "metrics.csv").read_text().splitlines()[0]
     assert "| trained NetVLAD |" in printed and "(local " in logged
     assert not (tmp_path / "run" / "figures").exists()  # the figures are the trained Token's
+    assert (root.level, root.handlers) == logging_before  # --jobs 1 ran in this process and left its logging alone
 
 
 def test_the_default_models_are_the_three_that_make_demo_runs():
