@@ -13,21 +13,34 @@ from datasets.revisitop import RevisitopImages
 from utils.errors import InputError
 
 
+def _walk_once(folder):
+    """The files under ``folder``, hidden files and folders left out, following links to folders but entering
+    each real folder (device, inode) once: a link loop (``self -> .``, ``up -> ..``) neither repeats a file nor
+    makes the walk endless."""
+    entered = set()
+    for current, dirs, names in os.walk(folder, followlinks=True):
+        status = os.stat(current)
+        if (status.st_dev, status.st_ino) in entered:
+            dirs[:] = []
+            continue
+        entered.add((status.st_dev, status.st_ino))
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        yield from (Path(current) / name for name in names if not name.startswith("."))
+
+
 def list_images(source, root=None):
     """Absolute paths of the images of ``source`` in a stable order, duplicates kept once (first place).
 
-    ``source``: a folder (every file under it, hidden files and folders left out, sorted by path) or a text
-    file of paths one a line (blank lines and lines starting with ``#`` ignored), relative to ``root`` (default:
-    the list's own folder) unless absolute. Which files are images is found when they are read.
+    ``source``: a folder (every file under it, hidden files and folders left out, each real folder entered once
+    however many links lead to it, sorted by path) or a text file of paths one a line (blank lines and lines
+    starting with ``#`` ignored), relative to ``root`` (default: the list's own folder) unless absolute. Which
+    files are images is found when they are read.
     """
     source = Path(source)
     if source.is_dir():
         if root is not None:
             raise InputError(f"--root {root}: only for a text file of paths, but --images {source} is a folder")
-        found = (Path(folder) / name for folder, dirs, names in os.walk(source, followlinks=True)
-                 for name in names if not name.startswith(".")
-                 if not any(part.startswith(".") for part in Path(folder).relative_to(source).parts))
-        paths = sorted(os.path.abspath(path) for path in found)
+        paths = sorted(os.path.abspath(path) for path in _walk_once(source))
     elif source.is_file():
         base = Path(root) if root is not None else source.parent
         if root is not None and not base.is_dir():
