@@ -11,6 +11,7 @@ from pathlib import Path
 from datasets.images import ImageReadError
 from datasets.revisitop import RevisitopImages
 from utils.errors import InputError
+from utils.paths import relative_inside
 
 
 def _walk_once(folder):
@@ -28,13 +29,27 @@ def _walk_once(folder):
         yield from (Path(current) / name for name in names if not name.startswith("."))
 
 
+def _listed_path(listing, base, absolute_allowed, number, entry):
+    """The absolute path that line ``number`` of the image list ``listing`` names: ``entry`` inside ``base``
+    (``utils.paths.relative_inside``), or, without ``--root`` only, an absolute path taken as it is."""
+    if absolute_allowed and os.path.isabs(entry):
+        return os.path.abspath(entry)
+    try:
+        relative_inside(entry)
+    except ValueError as err:
+        raise InputError(f"--images {listing}: line {number} ({entry!r}) must be a path inside {base}, "
+                         f"not {err}") from None
+    return os.path.abspath(base / entry)
+
+
 def list_images(source, root=None):
     """Absolute paths of the images of ``source`` in a stable order, duplicates kept once (first place).
 
     ``source``: a folder (every file under it, hidden files and folders left out, each real folder entered once
     however many links lead to it, sorted by path) or a text file of paths one a line (blank lines and lines
-    starting with ``#`` ignored), relative to ``root`` (default: the list's own folder) unless absolute. Which
-    files are images is found when they are read.
+    starting with ``#`` ignored), each relative to ``root`` and inside it (``utils.paths.relative_inside``: no
+    ``..`` part), or, when ``root`` is not given, relative to the list's own folder and inside it, or absolute.
+    Which files are images is found when they are read.
     """
     source = Path(source)
     if source.is_dir():
@@ -49,8 +64,9 @@ def list_images(source, root=None):
             lines = source.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise InputError(f"--images {source}: cannot read it as a text file of image paths ({err})") from None
-        paths = [os.path.abspath(base / line.strip()) for line in lines
-                 if line.strip() and not line.strip().startswith("#")]
+        entries = ((number, line.strip()) for number, line in enumerate(lines, 1))
+        paths = [_listed_path(source, base, root is None, number, entry) for number, entry in entries
+                 if entry and not entry.startswith("#")]
     else:
         raise InputError(f"--images {source} not found: expected a folder of images or a text file of image paths")
     return list(dict.fromkeys(paths))

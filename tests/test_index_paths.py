@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.eval_sets import random_image
+from datasets.collection import list_images
+from tests.eval_sets import random_image, write_checkpoint
+from utils.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +39,37 @@ def test_a_folder_with_link_loops_lists_each_image_once(tmp_path):
          "print('\\n'.join(list_images(sys.argv[1])))", str(photos)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
     assert listed == sorted(images)
+
+
+def index_py(*argv):
+    return subprocess.run([sys.executable, "index.py", *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("../outside.jpg", "not a path through '..'"),
+    ("sub/../../outside.jpg", "not a path through '..'"),
+    ("ABSOLUTE", "not an absolute path"),
+])
+def test_an_image_list_entry_leaving_its_root_is_one_line(tmp_path, entry, why):
+    root = tmp_path / "root"
+    write_jpegs(root, ["in.jpg"])
+    outside = write_jpegs(tmp_path, ["outside.jpg"])[0]
+    entry = outside if entry == "ABSOLUTE" else entry
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\nin.jpg\n{entry}\n")
+    done = index_py("build", "--images", listing, "--root", root, "--checkpoint", write_checkpoint(tmp_path / "t.pth"),
+                    "--index", tmp_path / "index", "--imsize", "64", "--device", "cpu", "--workers", "0")
+    assert done.returncode == 2 and not (tmp_path / "index").exists(), done.stderr
+    assert done.stderr == f"error: --images {listing}: line 3 ({entry!r}) must be a path inside {root}, {why}\n"
+
+
+def test_an_image_list_without_root_may_name_absolute_paths_but_stays_inside_its_folder(tmp_path):
+    inside = write_jpegs(tmp_path / "lists", ["in.jpg"])[0]
+    elsewhere = write_jpegs(tmp_path / "elsewhere", ["x.jpg"])[0]
+    listing = tmp_path / "lists" / "list.txt"
+    listing.write_text(f"in.jpg\n{elsewhere}\n")
+    assert list_images(listing) == [inside, elsewhere]
+    listing.write_text("in.jpg\n../elsewhere/x.jpg\n")
+    with pytest.raises(InputError, match=r"line 2 \('../elsewhere/x.jpg'\) must be a path inside .*, not a path "):
+        list_images(listing)

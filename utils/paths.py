@@ -1,7 +1,9 @@
 """Paths, checked before any work.
 
-- ``relative_inside``: one rule for the paths that data files list inside a data root (image lists, the R1M
-  list): a listed entry names a file under its folder, never one outside it.
+- ``relative_inside``: one rule for the paths that data files list inside a data root (revisitop's ``imlist``
+  and ``qimlist``, the R1M list, archive members, ``index.py``'s image lists): a listed entry names a file under
+  its folder, never one outside it. An ``index.py`` image list without ``--root`` may also name absolute paths (a
+  user's own list of their files); its relative entries stay inside the list's folder all the same.
 - ``writable_folder`` / ``writable_file``: a folder a run writes into, or a file it writes. The check finds the
   first problem a write would meet later (a file where a folder is expected, a folder that cannot be created, a
   read-only or unwritable location) and names the flag and the path in one line.
