@@ -5,6 +5,7 @@ A collection is not a benchmark: a file that cannot be decoded is not an error b
 (``CollectionImages`` gives ``None`` for it), and a path listed twice is kept once.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from datasets.images import ImageReadError
 from datasets.revisitop import RevisitopImages
 from utils.errors import InputError
 from utils.paths import relative_inside
+
+log = logging.getLogger(__name__)
+# the names an index's files of one path a line hold: one line (no \n, \r, U+2028... that str.splitlines splits
+# at) and UTF-8 (not a byte name that decodes to surrogates); the others are left out with a warning
+SHOWN_LEFT_OUT = 10
 
 
 def _walk_once(folder):
@@ -49,7 +55,8 @@ def list_images(source, root=None):
     however many links lead to it, sorted by path) or a text file of paths one a line (blank lines and lines
     starting with ``#`` ignored), each relative to ``root`` and inside it (``utils.paths.relative_inside``: no
     ``..`` part), or, when ``root`` is not given, relative to the list's own folder and inside it, or absolute.
-    Which files are images is found when they are read.
+    Which files are images is found when they are read. Names that hold a line break or are not UTF-8 are left
+    out with a warning (``_one_line_names``).
     """
     source = Path(source)
     if source.is_dir():
@@ -69,7 +76,28 @@ def list_images(source, root=None):
                  if entry and not entry.startswith("#")]
     else:
         raise InputError(f"--images {source} not found: expected a folder of images or a text file of image paths")
-    return list(dict.fromkeys(paths))
+    return _one_line_names(list(dict.fromkeys(paths)), source)
+
+
+def _holds(path):
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return path.splitlines() == [path]
+
+
+def _one_line_names(paths, source):
+    """``paths`` less the names a file of one path a line cannot hold, which a warning lists (``ascii``, so
+    that any terminal shows them)."""
+    kept = [path for path in paths if _holds(path)]
+    left_out = [ascii(path) for path in paths if not _holds(path)]
+    if left_out:
+        more = f" and {len(left_out) - SHOWN_LEFT_OUT} more" if len(left_out) > SHOWN_LEFT_OUT else ""
+        log.warning("--images %s: %d files left out, their names hold a line break or are not UTF-8 (an index "
+                    "lists one path a line): %s%s; rename them to index them", source, len(left_out),
+                    ", ".join(left_out[:SHOWN_LEFT_OUT]), more)
+    return kept
 
 
 class CollectionImages(RevisitopImages):

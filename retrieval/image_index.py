@@ -6,7 +6,8 @@ Layout of an index folder ``DIR``::
     index.json          what the index is: checkpoint (path, size, modification time), extraction settings,
                         whitening, search structure, descriptor size, image count and the parts below; written
                         last, so it names only parts that are complete
-    paths.txt           absolute path of every indexed image, one a line, in row order
+    paths.txt           absolute path of every indexed image, one a line (UTF-8), in row order (names a line
+                        cannot hold are left out by ``datasets.collection.list_images``)
     descriptors.npy     float32 (images x d) multi-scale descriptors, L2-normalised, rows in paths.txt order (the
                         format deep-image-retrieval exports); not whitened
     skipped.txt         files that could not be read as images, one a line

@@ -1,6 +1,7 @@
 """The paths of an image collection (``datasets.collection.list_images``) and of an index: folders with link
 loops, image lists with ``--root``, file names that no line-based file can hold."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from datasets.collection import list_images
+from retrieval.image_index import PATHS
 from tests.eval_sets import random_image, write_checkpoint
 from utils.errors import InputError
 
@@ -73,3 +75,23 @@ def test_an_image_list_without_root_may_name_absolute_paths_but_stays_inside_its
     listing.write_text("in.jpg\n../elsewhere/x.jpg\n")
     with pytest.raises(InputError, match=r"line 2 \('../elsewhere/x.jpg'\) must be a path inside .*, not a path "):
         list_images(listing)
+
+
+def test_names_no_line_of_an_index_holds_are_left_out_with_a_warning(tmp_path):
+    photos = tmp_path / "photos"
+    kept = write_jpegs(photos, ["plain.jpg", "sub/also plain.jpg"])
+    odd = ["new\nline.jpg", "carriage\rreturn.jpg", "line\u2028separator.jpg", os.fsdecode(b"latin1-\xe9t\xe9.jpg")]
+    for name in odd:  # real files of these names: a byte name through its bytes, as the OS holds it
+        with open(os.fsencode(photos) + b"/" + os.fsencode(name), "wb") as f:
+            f.write(Path(kept[0]).read_bytes())
+    index = tmp_path / "index"
+    built = index_py("build", "--images", photos, "--checkpoint", write_checkpoint(tmp_path / "t.pth"),
+                     "--index", index, "--imsize", "64", "--device", "cpu", "--workers", "0", "--no-progress")
+    assert built.returncode == 0, built.stderr
+    warning = f"--images {photos}: 4 files left out, their names hold a line break or are not UTF-8"
+    assert warning in built.stderr and "Traceback" not in built.stderr
+    assert all(ascii(str(photos / name)) in built.stderr for name in odd)
+    assert (index / PATHS).read_text().splitlines() == sorted(kept)
+    found = index_py("query", "--index", index, kept[1], "--topk", "2", "--device", "cpu")
+    assert found.returncode == 0, found.stderr
+    assert f"   1  1.0000  {kept[1]}" in found.stdout
