@@ -22,8 +22,8 @@ from retrieval.settings import (
     add_whitening_arguments,
     extraction_fields,
 )
+from utils import checks
 from utils.atomic import save_json
-from utils.checks import finite_float_flags
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
 
@@ -69,7 +69,7 @@ def get_args_parser():
     q.add_argument("--box", type=float, nargs=4, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                    help="crop the query to this box first (pixels of the stored image); once for every image, or "
                         "once per image in order")
-    q.add_argument("--topk", type=int, default=10, metavar="K", help="results per query")
+    q.add_argument("--topk", type=checks.int_in(1, 10000), default=10, metavar="K", help="results per query")
     q.add_argument("--json", metavar="FILE", help='also write [{"query", "results": [{"path", "score"}]}] here')
     q.add_argument("--figure", metavar="PNG", help="also draw a contact sheet: each query, then its results")
     add_whitening_arguments(q, INDEX_WHITENING, power=None, learned=False)
@@ -81,7 +81,7 @@ def get_args_parser():
     w.add_argument("--out", required=True, metavar="W.npz", help="whitening file to write (for build, query and "
                                                                   "test.py --whiten-file)")
     w.add_argument("--dims", type=int, metavar="N", help="keep the N leading directions (default: all there are)")
-    return finite_float_flags(parser)
+    return checks.check_flags(parser)
 
 
 def _say_index(summary, index_dir):
@@ -109,8 +109,6 @@ def _boxes(args):
 
 
 def run_query(args):
-    if args.topk < 1:
-        raise InputError("--topk must be positive")
     for image in args.images:
         if not os.path.isfile(image):
             raise InputError(f"query image {image} not found")

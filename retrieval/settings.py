@@ -20,7 +20,7 @@ from retrieval.descriptor_whitening import DEFAULT_POWER
 from retrieval.extract import SCALES
 from retrieval.features import SHARD_SIZE
 from retrieval.search import ALPHA, TOP_N
-from utils.checks import finite_float_flags
+from utils.checks import check_flags
 from utils.errors import InputError
 from utils.paths import writable_folder
 from weights import zoo
@@ -182,7 +182,7 @@ def get_args_parser():
     output.add_argument("--report", default=default["report"], metavar="FILE.html",
                         help="also write one self-contained HTML page: the mAP table, then every query by its "
                              "Medium AP, worst first, with its top 10 framed by relevance")
-    return finite_float_flags(parser)
+    return check_flags(parser)
 
 
 def parse_settings(argv=None):
