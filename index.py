@@ -12,9 +12,18 @@ The index folder's layout and the work are ``retrieval.image_index``; this scrip
 import argparse
 import os
 
-from retrieval.descriptor_whitening import save_whitening
+from retrieval.descriptor_whitening import check_directions, save_whitening
 from retrieval.figures import plot_search_results
-from retrieval.image_index import EXACT_MAX_IMAGES, SKIPPED, ImageIndex, add, build, learn_whitening, query
+from retrieval.image_index import (
+    EXACT_MAX_IMAGES,
+    SKIPPED,
+    ImageIndex,
+    add,
+    build,
+    learn_whitening,
+    query,
+    read_meta,
+)
 from retrieval.settings import (
     INDEX_WHITENING,
     ExtractionSettings,
@@ -80,7 +89,8 @@ def get_args_parser():
     w.add_argument("--index", required=True, metavar="DIR", help="index folder written by build")
     w.add_argument("--out", required=True, metavar="W.npz", help="whitening file to write (for build, query and "
                                                                   "test.py --whiten-file)")
-    w.add_argument("--dims", type=int, metavar="N", help="keep the N leading directions (default: all there are)")
+    w.add_argument("--dims", type=checks.int_in(1, 2**16), metavar="N",
+                   help="keep the N leading directions (default: all there are)")
     return checks.check_flags(parser)
 
 
@@ -128,14 +138,21 @@ def run_query(args):
         print(f"wrote {plot_search_results(results, args.figure, boxes)}")
 
 
+def run_whiten(args):
+    if args.dims is not None:  # before any work: the index says how many directions its descriptors have
+        meta = read_meta(args.index)
+        check_directions("--dims", args.dims, meta["count"], meta["dim"])
+    save_whitening(args.out, learn_whitening(args.index, args.dims))
+    print(f"wrote {args.out}")
+
+
 @fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.command == "query":
         return run_query(args)
     if args.command == "whiten":
-        save_whitening(args.out, learn_whitening(args.index, args.dims))
-        return print(f"wrote {args.out}")
+        return run_whiten(args)
     env = init_distributed(args.device)
     try:
         if args.command == "build":

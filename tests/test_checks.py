@@ -2,10 +2,12 @@
 refuses nan and inf with one line naming the flag."""
 
 import argparse
+import json
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import demo
@@ -143,3 +145,27 @@ def test_benchmark_mains_fail_with_one_line_and_exit_code_2(main, argv, expected
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+
+
+@pytest.mark.parametrize("dims,expected", [
+    ("0", "--dims 0: expected a whole number from 1 to 65536"),
+    ("-1", "--dims -1: expected a whole number from 1 to 65536"),
+    ("10", "--dims 10: expected a whole number from 1 to 9 (10 descriptors of dimension 16 have at most 9 directions)"),
+    ("1000", "--dims 1000: expected a whole number from 1 to 9"),
+])
+def test_index_whiten_dims_is_checked_against_the_index_before_any_work(dims, expected, tmp_path, capsys):
+    """index.py whiten --dims 0 gave all-zero scores, -1 silently kept N - 2, 1000 kept null directions."""
+    from retrieval.image_index import DESCRIPTORS, FORMAT, INDEX_FILE
+
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / INDEX_FILE).write_text(json.dumps({"format": FORMAT, "count": 10, "dim": 16}))
+    np.save(tmp_path / "idx" / DESCRIPTORS, np.random.default_rng(0).standard_normal((10, 16)).astype(np.float32))
+    argv = ["whiten", "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "W.npz"), "--dims"]
+    with pytest.raises(SystemExit) as exit_:
+        index.main([*argv, dims])
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+    assert not (tmp_path / "W.npz").exists()
+    index.main([*argv, "9"])
+    with np.load(tmp_path / "W.npz") as arrays:
+        assert arrays["components"].shape == (9, 16)
