@@ -141,7 +141,7 @@ def get_args_parser():
 @fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    out = report_path(args, "extract")
+    report_file = report_path(args, "extract")
     count = args.images or (12 if args.quick else 96)
     imsize = args.imsize or (64 if args.quick else 1024)
     repeats = args.repeats or (1 if args.quick else 2)
@@ -190,8 +190,8 @@ def main(argv=None):
               "threads": args.threads, "batch_size": args.batch_size, "workers": args.workers, "imsize": imsize,
               "repeats": repeats, "scales": list(SCALES), "tolerance": TOLERANCE, "sets": results,
               "gpu_run": args.device == "cuda", "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json(out, report)
-    print(f"wrote {out}")
+    write_json(report_file, report)
+    print(f"wrote {report_file}")
     return report
 
 
