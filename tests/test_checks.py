@@ -15,6 +15,7 @@ import index
 import visualize
 from benchmarks import eval as bench_eval
 from benchmarks import extract as bench_extract
+from benchmarks import gpu_check
 from benchmarks import index as bench_index
 from benchmarks import loader as bench_loader
 from benchmarks import search as bench_search
@@ -117,6 +118,8 @@ NUMERIC = [
     (bench_extract.get_args_parser().parse_args, ["--seed", "-1"], f"--seed -1: expected {SEEDS}"),
     (bench_search.get_args_parser().parse_args, ["--seed", "-1"], f"--seed -1: expected {SEEDS}"),
     (bench_search.get_args_parser().parse_args, ["--latency-budget", "inf"], "--latency-budget inf: expected a finite"),
+    (gpu_check.get_args_parser().parse_args, ["--budget-s", "nan"], "--budget-s nan: expected a finite number"),
+    (gpu_check.get_args_parser().parse_args, ["--workers", "-1"], "--workers -1: expected a whole number from 0"),
     (index.get_args_parser().parse_args, ["query", "--index", "x", "q.jpg", "--topk", "0"],
      "--topk 0: expected a whole number from 1 to 10000"),
 ]
@@ -134,14 +137,16 @@ def test_numeric_flags_are_refused_as_they_are_parsed(parse, argv, expected):
     (bench_eval.main, ["--out", "/proc/eval.json"], "--out /proc/eval.json: its folder /proc"),
     (bench_index.main, ["--out", "/proc/index.json"], "--out /proc/index.json: its folder /proc"),
     (bench_extract.main, ["--checkpoint", "BAD"], "BAD: refused to load"),
-], ids=["loader --long-side 100 50", "eval --out read-only", "index --out read-only", "extract --checkpoint bad"])
+    (gpu_check.main, ["--budget-s", "-1", "--device", "cpu", "--smoke"], "--budget-s -1.0: expected a finite number"),
+], ids=["loader --long-side 100 50", "eval --out read-only", "index --out read-only", "extract --checkpoint bad",
+        "gpu_check --budget-s -1"])
 def test_benchmark_mains_fail_with_one_line_and_exit_code_2(main, argv, expected, tmp_path, capsys):
     argv, expected = [str(tmp_path / "bad.pth") if a == "BAD" else a for a in argv], \
         expected.replace("BAD", str(tmp_path / "bad.pth"))
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     out = [] if "--out" in argv else ["--out", str(tmp_path / "report.json")]
     with pytest.raises(SystemExit) as exit_:
-        main([*argv, *out, "--quick"])
+        main([*argv, *out] if main is gpu_check.main else [*argv, *out, "--quick"])
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
