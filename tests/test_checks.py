@@ -120,6 +120,9 @@ NUMERIC = [
     (bench_search.get_args_parser().parse_args, ["--latency-budget", "inf"], "--latency-budget inf: expected a finite"),
     (gpu_check.get_args_parser().parse_args, ["--budget-s", "nan"], "--budget-s nan: expected a finite number"),
     (gpu_check.get_args_parser().parse_args, ["--workers", "-1"], "--workers -1: expected a whole number from 0"),
+    (PARSERS["test.py"].parse_args, ["--imsize", "100000"], "--imsize 100000: expected a whole number from 32 to 4096"),
+    (index.get_args_parser().parse_args, ["build", "--images", "x", "--index", "x", "--checkpoint", "x", "--imsize",
+                                          "100000"], "--imsize 100000: expected a whole number from 32 to 4096"),
     (index.get_args_parser().parse_args, ["query", "--index", "x", "q.jpg", "--topk", "0"],
      "--topk 0: expected a whole number from 1 to 10000"),
 ]
