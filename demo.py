@@ -36,9 +36,10 @@ from retrieval.revisited import PROTOCOLS
 from training.options import check_args, parse_args
 from training.recipes import DEMO, QUICK
 from training.run import train
+from utils import checks
 from utils.atomic import save_json
 from utils.distributed import DistEnv
-from utils.errors import InputError, fail_cleanly
+from utils.errors import fail_cleanly
 from utils.paths import writable_folder
 from utils.training_log import plot_training_curves
 from weights import load_token, model_state, save_checkpoint
@@ -61,18 +62,18 @@ def get_args_parser():
     parser.add_argument("--run-dir", default=None,
                         help=f"folder that receives every output (default: {DEMO.run_dir}, {QUICK.run_dir} with "
                              "--quick)")
-    parser.add_argument("--seed", type=int, default=DEMO.seed, help="seed of the world and of every model")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--seed", type=checks.SEED, default=DEMO.seed, help="seed of the world and of every model")
+    parser.add_argument("--epochs", type=checks.int_in(1, 1000), default=None,
                         help=f"training epochs of each model (default: the recipe's, {DEMO.epochs})")
     parser.add_argument("--models", nargs="+", choices=tuple(ROWS), default=list(DEFAULT_MODELS), metavar="NAME",
                         help="what to train and evaluate: token, gem (Token pooling by GeM, no tokens), untrained "
                              "(a Token evaluated at its initialisation), and the Table 1 baselines rmac, solar, "
                              f"delg, netvlad, apgem (default: {' '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument("--jobs", type=checks.int_in(1, 64), default=min(2, os.cpu_count() or 1),
                         help="processes that run the models side by side, one thread each")
     parser.add_argument("--figures-dir", default=None,
                         help="also copy the figures here (the README's Figure/ is made with --figures-dir Figure)")
-    return parser
+    return checks.check_flags(parser)
 
 
 def recipe_of(args):
@@ -176,8 +177,6 @@ def figures(recipe):
 @fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.jobs < 1:
-        raise InputError(f"--jobs {args.jobs}: at least 1")
     recipe = recipe_of(args)
     for name in args.models:  # bad settings stop here, before minutes of work
         if name != "untrained":

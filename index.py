@@ -12,9 +12,18 @@ The index folder's layout and the work are ``retrieval.image_index``; this scrip
 import argparse
 import os
 
-from retrieval.descriptor_whitening import save_whitening
+from retrieval.descriptor_whitening import check_directions, save_whitening
 from retrieval.figures import plot_search_results
-from retrieval.image_index import EXACT_MAX_IMAGES, SKIPPED, ImageIndex, add, build, learn_whitening, query
+from retrieval.image_index import (
+    EXACT_MAX_IMAGES,
+    SKIPPED,
+    ImageIndex,
+    add,
+    build,
+    learn_whitening,
+    query,
+    read_meta,
+)
 from retrieval.settings import (
     INDEX_WHITENING,
     ExtractionSettings,
@@ -22,8 +31,8 @@ from retrieval.settings import (
     add_whitening_arguments,
     extraction_fields,
 )
+from utils import checks
 from utils.atomic import save_json
-from utils.checks import finite_float_flags
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
 
@@ -69,7 +78,7 @@ def get_args_parser():
     q.add_argument("--box", type=float, nargs=4, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                    help="crop the query to this box first (pixels of the stored image); once for every image, or "
                         "once per image in order")
-    q.add_argument("--topk", type=int, default=10, metavar="K", help="results per query")
+    q.add_argument("--topk", type=checks.int_in(1, 10000), default=10, metavar="K", help="results per query")
     q.add_argument("--json", metavar="FILE", help='also write [{"query", "results": [{"path", "score"}]}] here')
     q.add_argument("--figure", metavar="PNG", help="also draw a contact sheet: each query, then its results")
     add_whitening_arguments(q, INDEX_WHITENING, power=None, learned=False)
@@ -80,8 +89,9 @@ def get_args_parser():
     w.add_argument("--index", required=True, metavar="DIR", help="index folder written by build")
     w.add_argument("--out", required=True, metavar="W.npz", help="whitening file to write (for build, query and "
                                                                   "test.py --whiten-file)")
-    w.add_argument("--dims", type=int, metavar="N", help="keep the N leading directions (default: all there are)")
-    return finite_float_flags(parser)
+    w.add_argument("--dims", type=checks.int_in(1, 2**16), metavar="N",
+                   help="keep the N leading directions (default: all there are)")
+    return checks.check_flags(parser)
 
 
 def _say_index(summary, index_dir):
@@ -109,8 +119,6 @@ def _boxes(args):
 
 
 def run_query(args):
-    if args.topk < 1:
-        raise InputError("--topk must be positive")
     for image in args.images:
         if not os.path.isfile(image):
             raise InputError(f"query image {image} not found")
@@ -130,14 +138,21 @@ def run_query(args):
         print(f"wrote {plot_search_results(results, args.figure, boxes)}")
 
 
+def run_whiten(args):
+    if args.dims is not None:  # before any work: the index says how many directions its descriptors have
+        meta = read_meta(args.index)
+        check_directions("--dims", args.dims, meta["count"], meta["dim"])
+    save_whitening(args.out, learn_whitening(args.index, args.dims))
+    print(f"wrote {args.out}")
+
+
 @fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.command == "query":
         return run_query(args)
     if args.command == "whiten":
-        save_whitening(args.out, learn_whitening(args.index, args.dims))
-        return print(f"wrote {args.out}")
+        return run_whiten(args)
     env = init_distributed(args.device)
     try:
         if args.command == "build":

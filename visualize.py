@@ -21,6 +21,8 @@ from utils.paths import writable_file
 from utils.training_log import plot_training_curves
 from weights import load_token
 
+WIDTH = checks.int_in(100, 10000)  # pixels of the figure
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,31 +34,23 @@ def parse_args(argv=None):
     ret.add_argument("--data-root", required=True, help="folder holding test/<dataset>/ (revisitop layout)")
     ret.add_argument("--dataset", required=True, help="test set name, e.g. roxford5k or synthetic")
     ret.add_argument("--features", required=True, help="features folder written by test.py --output-dir")
-    ret.add_argument("--queries", type=int, nargs="+", default=None,
+    ret.add_argument("--queries", type=checks.int_in(0, 10**6), nargs="+", default=None,
                      help="query indices to show, from 0 (default: the first four)")
-    ret.add_argument("--topk", type=int, default=8, help="retrieved images shown per query")
+    ret.add_argument("--topk", type=checks.int_in(1, 100), default=8, help="retrieved images shown per query")
     ret.add_argument("--out", required=True, help="PNG to write")
-    ret.add_argument("--width", type=int, default=1200, help="figure width in pixels")
+    ret.add_argument("--width", type=WIDTH, default=1200, help="figure width in pixels")
     att = sub.add_parser("attention", help="each token's spatial attention overlaid on images (paper Fig. 3a)")
     att.add_argument("--checkpoint", required=True, help="a released or train.py checkpoint")
     att.add_argument("--images", nargs="+", required=True, help="image files to draw")
-    att.add_argument("--imsize", type=int, default=512, help="longer side the images are resized to")
+    att.add_argument("--imsize", type=checks.IMSIZE, default=512, help="longer side the images are resized to")
     att.add_argument("--out", required=True, help="PNG to write")
-    att.add_argument("--width", type=int, default=1200, help="figure width in pixels")
-    return parser.parse_args(argv)
+    att.add_argument("--width", type=WIDTH, default=1200, help="figure width in pixels")
+    return checks.check_flags(parser).parse_args(argv)
 
 
 def check_args(args):
-    """The numeric flags and the output file, before any work."""
+    """The output file, before any work (the numeric flags are checked as they are parsed)."""
     writable_file(args.out, "--out")
-    if args.figure != "curves":
-        checks.positive_int("--width", args.width)
-    if args.figure == "retrievals":
-        checks.positive_int("--topk", args.topk)
-        for query in args.queries or []:
-            checks.non_negative_int("--queries", query)
-    if args.figure == "attention":
-        checks.positive_int("--imsize", args.imsize)
 
 
 @fail_cleanly

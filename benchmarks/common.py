@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from training.recipes import DEMO, QUICK
+from utils.paths import writable_file
 
 OUT_DIR = Path("runs/benchmarks")
 
@@ -93,6 +94,11 @@ def _plain(value):
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def report_path(args, name):
+    """The JSON report's path (``--out``, default under runs/benchmarks), checked writable before any work."""
+    return writable_file(args.out or default_out(name, args.quick), "--out")
 
 
 def write_json(path, report):

@@ -21,13 +21,14 @@ of ``--repeats`` runs) and their ratio.
 """
 
 import argparse
-import sys
 import time
 
 import numpy as np
 
-from benchmarks.common import default_out, machine, median_time, set_threads, table, timed, write_json
+from benchmarks.common import machine, median_time, report_path, set_threads, table, timed, write_json
 from retrieval.revisited import KAPPAS, PROTOCOLS, compute_map, protocol_gnd, revisited_map
+from utils import checks
+from utils.errors import fail_cleanly
 
 ROXF_DB = 4993
 EASY, HARD, JUNK = (5, 100), (10, 250), (20, 400)
@@ -84,21 +85,22 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="200,000 database images instead of 1,000,000 (CI)")
-    parser.add_argument("--db", type=int, default=None,
+    parser.add_argument("--db", type=checks.int_in(1, 10**7), default=None,
                         help="database images (default 1,000,000; 200,000 with --quick); ROxf's 4,993 come first")
-    parser.add_argument("--queries", type=int, default=70, help="queries (ROxf and RPar have 70)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of the fast method (median reported)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scores and of the ground truth")
-    parser.add_argument("--threads", type=int, default=1, help="threads of numpy's BLAS, torch and faiss")
+    parser.add_argument("--queries", type=checks.int_in(1, 10**4), default=70, help="queries (ROxf and RPar have 70)")
+    parser.add_argument("--repeats", type=checks.int_in(1, 100), default=3,
+                        help="runs of the fast method (median reported)")
+    parser.add_argument("--seed", type=checks.SEED, default=0, help="seed of the scores and of the ground truth")
+    parser.add_argument("--threads", type=checks.THREADS, default=1, help="threads of numpy's BLAS, torch and faiss")
     parser.add_argument("--out", default=None, help="JSON report (default runs/benchmarks/eval[-quick].json)")
-    return parser
+    return checks.check_flags(parser)
 
 
+@fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     n = args.db or (200_000 if args.quick else 1_000_000)
-    if n < 1 or args.queries < 1 or args.repeats < 1:
-        sys.exit("--db, --queries and --repeats must be positive")
+    out = report_path(args, "eval")
     set_threads(args.threads)
     (scores, gnd), make_s = timed(problem, n, args.queries, args.seed)
     labels = {key: [len(q[key]) for q in gnd] for key in ("easy", "hard", "junk")}
@@ -124,7 +126,7 @@ def main(argv=None):
               "mAP": {p: {"naive": reference[p]["map"], "fast": fast[p]["map"]} for p in PROTOCOLS},
               "mP@k": {p: dict(zip(map(str, KAPPAS), fast[p]["mp"], strict=True)) for p in PROTOCOLS},
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out = write_json(args.out or default_out("eval", args.quick), report)
+    write_json(out, report)
     print(f"wrote {out}")
     return report
 

@@ -31,7 +31,6 @@ cores other processes share, more intra-op threads than free cores slow PyTorch 
 import argparse
 import copy
 import os
-import sys
 import time
 
 import numpy as np
@@ -42,8 +41,8 @@ from benchmarks.common import (
     DEFAULT_CHECKPOINT,
     DEFAULT_DATA_DIR,
     benchmark_model,
-    default_out,
     machine,
+    report_path,
     set_threads,
     synthetic_world,
     table,
@@ -52,6 +51,8 @@ from benchmarks.common import (
 from datasets.images import load_rgb
 from datasets.revisitop import RevisitopImages, load_revisitop
 from retrieval.extract import SCALES, extract, multiscale_descriptor, prepare_model
+from utils import checks
+from utils.errors import InputError, fail_cleanly
 
 TOLERANCE = 1e-5
 
@@ -118,35 +119,40 @@ def get_args_parser():
                         help="Token checkpoint; when missing, a freshly initialised resnet18 Token")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="the demo's synthetic world (generated with the demo's parameters when missing)")
-    parser.add_argument("--images", type=int, default=None, help="database images per set (default 96; 12 quick)")
-    parser.add_argument("--imsize", type=int, default=None,
+    parser.add_argument("--images", type=checks.int_in(2, 10**5), default=None,
+                        help="database images per set (default 96; 12 quick)")
+    parser.add_argument("--imsize", type=checks.IMSIZE, default=None,
                         help="longer side of the evaluation resizing (default 1024, test.py's; 64 quick); the "
                              "synthetic images are 128-160 pixels and are never enlarged")
-    parser.add_argument("--batch-size", type=int, default=8, help="ours: images of equal size per batch")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    parser.add_argument("--batch-size", type=checks.int_in(1, 1024), default=8,
+                        help="ours: images of equal size per batch")
+    parser.add_argument("--workers", type=checks.int_in(0, 256), default=min(8, os.cpu_count() or 1),
                         help="ours: image-loading processes (test.py's default)")
-    parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs of each method, best kept (2; 1 quick)")
+    parser.add_argument("--threads", type=checks.THREADS, default=1, help="PyTorch intra-op threads")
+    parser.add_argument("--repeats", type=checks.int_in(1, 100), default=None,
+                        help="timed runs of each method, best kept (2; 1 quick)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
     parser.add_argument("--amp", action="store_true", help="also time float16 autocast (CUDA only)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fallback model")
+    parser.add_argument("--seed", type=checks.SEED, default=0, help="seed of the fallback model")
     parser.add_argument("--out", default=None, help="JSON report (default runs/benchmarks/extract[-quick].json)")
-    return parser
+    return checks.check_flags(parser)
 
 
+@fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    report_file = report_path(args, "extract")
     count = args.images or (12 if args.quick else 96)
     imsize = args.imsize or (64 if args.quick else 1024)
     repeats = args.repeats or (1 if args.quick else 2)
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA device here")
+        raise InputError("--device cuda: no CUDA device here")
     if args.amp and args.device != "cuda":
-        sys.exit("--amp needs --device cuda")
+        raise InputError("--amp needs --device cuda")
     set_threads(args.threads)
     device = torch.device(args.device)
+    model, info = benchmark_model(args.checkpoint, args.seed)  # a bad checkpoint stops here, before the world
     world = synthetic_world(args.data_dir, args.quick)
-    model, info = benchmark_model(args.checkpoint, args.seed)
     print(info["note"])
     model = model.to(device).eval()
     dim = model.config.descriptor_dim
@@ -184,8 +190,8 @@ def main(argv=None):
               "threads": args.threads, "batch_size": args.batch_size, "workers": args.workers, "imsize": imsize,
               "repeats": repeats, "scales": list(SCALES), "tolerance": TOLERANCE, "sets": results,
               "gpu_run": args.device == "cuda", "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out = write_json(args.out or default_out("extract", args.quick), report)
-    print(f"wrote {out}")
+    write_json(report_file, report)
+    print(f"wrote {report_file}")
     return report
 
 

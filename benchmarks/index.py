@@ -22,6 +22,8 @@ from benchmarks import common
 from benchmarks.common import table, timed
 from benchmarks.search import latency, recall, sample
 from retrieval.image_index import EXACT_MAX_IMAGES, search_structure
+from utils import checks
+from utils.errors import fail_cleanly
 
 # exact search while one query takes less: below the cost of the query image's own descriptor (~100 ms for the
 # demo's resnet18 on the CPU, docs/benchmarks.md), and nothing lost to compression
@@ -59,16 +61,19 @@ def measure(n, dim, budget_s, seed=0):
 
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="python -m benchmarks.index", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", help="database sizes (default 10k 30k 100k; --quick 2k 8k)")
-    parser.add_argument("--dim", type=int, default=1024, help="descriptor size")
+    parser.add_argument("--sizes", type=checks.int_in(1000, 10**7), nargs="+",
+                        help="database sizes (default 10k 30k 100k; --quick 2k 8k)")
+    parser.add_argument("--dim", type=checks.int_in(16, 8192), default=1024, help="descriptor size")
     parser.add_argument("--budget", type=float, default=0.5, help="seconds of single-query timing per structure")
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
     parser.add_argument("--out", help="JSON report (default runs/benchmarks/index.json)")
-    return parser
+    return checks.check_flags(parser)
 
 
+@fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    out = common.report_path(args, "index")
     sizes = args.sizes or ([2000, 8000] if args.quick else [10_000, 30_000, 100_000])
     common.set_threads(1)
     rows = [measure(n, args.dim, args.budget) for n in sizes]
@@ -84,7 +89,7 @@ def main(argv=None):
           f"measured latencies); index.py switches to compressed above {EXACT_MAX_IMAGES:,} images")
     report = {"machine": common.machine(), "dim": args.dim, "k": K, "exact_budget_ms": EXACT_BUDGET_MS,
               "exact_budget_reached_at": crossing, "exact_max_images": EXACT_MAX_IMAGES, "rows": rows}
-    print(f"wrote {common.write_json(args.out or common.default_out('index', args.quick), report)}")
+    print(f"wrote {common.write_json(out, report)}")
     return report
 
 

@@ -49,7 +49,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.io import decode_jpeg
 
-from benchmarks.common import OUT_DIR, default_out, machine, set_threads, table, write_json
+from benchmarks.common import OUT_DIR, machine, report_path, set_threads, table, write_json
 from datasets.images import load_rgb, open_image, to_rgb
 from datasets.revisitop import resize_database
 from datasets.transforms import (
@@ -63,6 +63,8 @@ from datasets.transforms import (
     to_unit,
     train_transform,
 )
+from utils import checks
+from utils.errors import fail_cleanly
 
 SCALE = (0.2, 1.0)
 JITTER = (0.4, 0.4, 0.2, 0.1)
@@ -251,29 +253,37 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 images of long side 160-240, crops of 64, one round")
-    parser.add_argument("--images", type=int, default=None, help="JPEGs timed (default 32; 4 quick)")
-    parser.add_argument("--imsize", type=int, default=None, help="training crop (default 512, train.py's; 64 quick)")
-    parser.add_argument("--long-side", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+    parser.add_argument("--images", type=checks.int_in(1, 10**5), default=None,
+                        help="JPEGs timed (default 32; 4 quick)")
+    parser.add_argument("--imsize", type=checks.IMSIZE, default=None,
+                        help="training crop (default 512, train.py's; 64 quick)")
+    parser.add_argument("--long-side", type=checks.int_in(16, 10000), nargs=2, default=None, metavar=("MIN", "MAX"),
                         help="range of the images' long side (default 800 1600; 160 240 quick)")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds, median kept (3; 1 quick)")
-    parser.add_argument("--batch", type=int, default=8, help="images per batch of the timed device step")
-    parser.add_argument("--eval-imsize", type=int, default=None,
+    parser.add_argument("--quality", type=checks.int_in(1, 100), default=90,
+                        help="JPEG quality of the generated images")
+    parser.add_argument("--rounds", type=checks.int_in(1, 100), default=None,
+                        help="interleaved timing rounds, median kept (3; 1 quick)")
+    parser.add_argument("--batch", type=checks.int_in(1, 1024), default=8,
+                        help="images per batch of the timed device step")
+    parser.add_argument("--eval-imsize", type=checks.IMSIZE, default=None,
                         help="long side of the evaluation resizing (default 1024, test.py's; 96 quick)")
-    parser.add_argument("--box-draws", type=int, default=None,
+    parser.add_argument("--box-draws", type=checks.int_in(1, 10**6), default=None,
                         help="crop boxes drawn per image size and pipeline for the box check (500; 1000 quick)")
     parser.add_argument("--data-dir", default=str(OUT_DIR / "loader-images"),
                         help="where the generated JPEGs are kept (reused by later runs)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    parser.add_argument("--seed", type=checks.SEED, default=0, help="seed of the generated images")
     parser.add_argument("--out", default=None, help="JSON report (default runs/benchmarks/loader[-quick].json)")
-    return parser
+    return checks.check_flags(parser)
 
 
+@fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    out = report_path(args, "loader")
     count = args.images or (4 if args.quick else 32)
     imsize = args.imsize or (64 if args.quick else 512)
-    long_side = args.long_side or ((160, 240) if args.quick else (800, 1600))
+    long_side = checks.ordered_pair("--long-side", args.long_side, 0, 10000) if args.long_side else \
+        ((160, 240) if args.quick else (800, 1600))
     rounds = args.rounds or (1 if args.quick else 3)
     eval_imsize = args.eval_imsize or (96 if args.quick else 1024)
     box_draws = args.box_draws or (1000 if args.quick else 500)
@@ -335,7 +345,7 @@ def main(argv=None):
               "distribution_ok": boxes["ok"] and pixels["ok"], "decoding": decoding,
               "eval_resizing": {"imsize": eval_imsize, "methods": resizing, **eval_diff},
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out = write_json(args.out or default_out("loader", args.quick), report)
+    write_json(out, report)
     print(f"wrote {out}")
     return report
 

@@ -38,6 +38,8 @@ from datasets.revisitop import RevisitopImages, load_revisitop
 from retrieval.extract import SCALES, extract, prepare_model
 from retrieval.revisited import PROTOCOLS, revisited_map
 from retrieval.search import R1M_COMPRESSED, CompressedSearch, ExactSearch, PQSearch
+from utils import checks
+from utils.errors import fail_cleanly
 
 CACHE_DIR = OUT_DIR / "cache"
 
@@ -222,28 +224,30 @@ def get_args_parser():
                         help="Token checkpoint; when missing, a freshly initialised resnet18 Token")
     parser.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR,
                         help="the demo's synthetic world (generated with the demo's parameters when missing)")
-    parser.add_argument("--distractors", type=int, default=None, help="sampled distractors (1,000,000; 20,000 quick)")
-    parser.add_argument("--queries", type=int, default=None,
+    parser.add_argument("--distractors", type=checks.int_in(100, 10**7), default=None,
+                        help="sampled distractors (1,000,000; 20,000 quick)")
+    parser.add_argument("--queries", type=checks.int_in(1, 10**4), default=None,
                         help="queries for latency, throughput and recall: the real queries, then real training "
                              "descriptors (100; 40 quick)")
-    parser.add_argument("--train-size", type=int, default=None,
+    parser.add_argument("--train-size", type=checks.int_in(256, 10**7), default=None,
                         help="database vectors that train the scalar quantisers, projections and IVF cells "
                              "(65,536; 8,192 quick)")
-    parser.add_argument("--pq-train-size", type=int, default=None,
+    parser.add_argument("--pq-train-size", type=checks.int_in(256, 10**7), default=None,
                         help="database vectors that train PQ and IVF-PQ, whose 8-bit k-means is the slowest to train "
                              "(20,000; 4,096 quick)")
-    parser.add_argument("--imsize", type=int, default=None,
+    parser.add_argument("--imsize", type=checks.IMSIZE, default=None,
                         help="evaluation image size (the demo's --test-imsize; 64 quick)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--threads", type=checks.THREADS, default=os.cpu_count() or 1,
                         help="threads for building and for the batched search (latency is on one thread)")
     parser.add_argument("--latency-budget", type=float, default=None,
                         help="seconds of one-at-a-time queries per index for the latency (3; 0.5 quick)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="measure only the configurations whose name starts with one of these (exact search "
                              "always runs: it is the ground truth)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the distractors, the query choice and the model")
+    parser.add_argument("--seed", type=checks.SEED, default=0,
+                        help="seed of the distractors, the query choice and the model")
     parser.add_argument("--out", default=None, help="JSON report (default runs/benchmarks/search[-quick].json)")
-    return parser
+    return checks.check_flags(parser)
 
 
 def _settings(args):
@@ -256,13 +260,15 @@ def _settings(args):
             "latency_budget": args.latency_budget if args.latency_budget is not None else (0.5 if quick else 3.0)}
 
 
+@fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    out = common.report_path(args, "search")
     settings = _settings(args)
     start_all = time.perf_counter()
     common.set_threads(args.threads)
+    model, info = common.benchmark_model(args.checkpoint, args.seed)  # a bad checkpoint stops here, before the world
     world = common.synthetic_world(args.data_dir, args.quick)
-    model, info = common.benchmark_model(args.checkpoint, args.seed)
     print(info["note"], flush=True)
     real = real_descriptors(model, info, world, settings["imsize"], log=lambda m: print(m, flush=True))
     dim = real["db"].shape[1]
@@ -341,7 +347,7 @@ def main(argv=None):
               "mAP_without_distractors": {p: 100 * small[p]["map"] for p in PROTOCOLS}, "goal": GOAL,
               "configs": report_configs, "meets_goal": winners, "total_s": time.perf_counter() - start_all,
               "machine": common.machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out = common.write_json(args.out or common.default_out("search", args.quick), report)
+    common.write_json(out, report)
     print(f"wrote {out} ({report['total_s']:.0f} s in all)")
     return report
 

@@ -49,15 +49,25 @@ class PCAWhitening:
         y /= np.linalg.norm(y, axis=1, keepdims=True) + EPS
         return y.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
 
+    @staticmethod
+    def max_directions(count, dim):
+        """The most directions a PCA of ``count`` rows of dimension ``dim`` has: the centred rows span at most
+        ``count - 1`` of them; the others have zero variance."""
+        return min(count - 1, dim)
+
     @classmethod
     def fit(cls, x, dims=None):
         """The PCA of rows ``x`` (N, D): directions by decreasing variance, at most min(N - 1, D) of them."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"fitting a whitening needs at least 2 descriptors as rows, got shape {x.shape}")
+        most = cls.max_directions(*x.shape)
+        if dims is not None and not 1 <= dims <= most:
+            raise ValueError(f"{dims} directions asked, {x.shape[0]} descriptors of dimension {x.shape[1]} have "
+                             f"from 1 to {most}")
         mean = x.mean(axis=0)
         _, sing, vt = np.linalg.svd(x - mean, full_matrices=False)
-        keep = min(len(x) - 1, x.shape[1]) if dims is None else dims
+        keep = most if dims is None else dims
         variance = sing[:keep] ** 2 / (len(x) - 1)
         return cls(mean, vt[:keep], np.maximum(variance, EPS))
 

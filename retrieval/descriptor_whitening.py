@@ -52,6 +52,17 @@ def check_dim(whitening, dim, source):
     return whitening
 
 
+def check_directions(flag, dims, count, dim):
+    """Raise ``InputError`` naming ``flag`` unless a PCA of ``count`` descriptors of dimension ``dim`` has
+    ``dims`` directions (``PCAWhitening.max_directions``: 0 would whiten everything to zero, more would keep
+    directions of zero variance)."""
+    most = PCAWhitening.max_directions(count, dim)
+    if not 1 <= dims <= most:
+        raise InputError(f"{flag} {dims}: expected a whole number from 1 to {most} ({count} descriptors of "
+                         f"dimension {dim} have at most {most} directions)")
+    return dims
+
+
 def whiten_rows(whitening, x, power):
     """``whitening(x, power)`` as float32, over blocks of ``BLOCK_ROWS`` rows so that the float64 temporaries of
     a million descriptors stay small."""

@@ -20,7 +20,7 @@ from retrieval.descriptor_whitening import DEFAULT_POWER
 from retrieval.extract import SCALES
 from retrieval.features import SHARD_SIZE
 from retrieval.search import ALPHA, TOP_N
-from utils.checks import finite_float_flags
+from utils.checks import IMSIZE, check_flags
 from utils.errors import InputError
 from utils.paths import writable_folder
 from weights import zoo
@@ -109,7 +109,7 @@ def add_extraction_arguments(parser, whitening_use, model=True):
         group.add_argument("--models-dir", default=default["models_dir"],
                            help="where released names are found (python -m datasets.download models fetches them "
                                 "there)")
-        group.add_argument("--imsize", type=int, default=default["imsize"],
+        group.add_argument("--imsize", type=IMSIZE, default=default["imsize"],
                            help="longer side of the resized database images (queries keep their scale in them)")
         group.add_argument("--scales", type=float, nargs="+", default=default["scales"],
                            help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2); each in "
@@ -182,7 +182,7 @@ def get_args_parser():
     output.add_argument("--report", default=default["report"], metavar="FILE.html",
                         help="also write one self-contained HTML page: the mAP table, then every query by its "
                              "Medium AP, worst first, with its top 10 framed by relevance")
-    return finite_float_flags(parser)
+    return check_flags(parser)
 
 
 def parse_settings(argv=None):

@@ -40,3 +40,13 @@ def test_arrays_round_trip_and_shapes_are_checked(tmp_path, data):
     np.testing.assert_array_equal(back(data), w(data))
     with pytest.raises(ValueError, match="do not agree"):
         PCAWhitening(w.mean[:3], w.components, w.variance)
+
+
+@pytest.mark.parametrize("dims", [0, -1, 8, 1000])
+def test_fit_refuses_a_number_of_directions_the_rows_do_not_have(dims):
+    """0 directions whitened everything to zero, -1 kept N - 2 (a slice), more than min(N - 1, D) kept directions
+    of zero variance (issue 22, 6)."""
+    rows = np.random.default_rng(0).standard_normal((8, 16))  # 8 rows span 7 directions
+    with pytest.raises(ValueError, match=f"^{dims} directions asked, 8 descriptors of dimension 16 have from 1 to 7"):
+        PCAWhitening.fit(rows, dims)
+    assert PCAWhitening.fit(rows, 7).components.shape == (7, 16)

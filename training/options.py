@@ -53,8 +53,9 @@ def get_args_parser(model="token"):
     data.add_argument("--cache-dir", default=None,
                       help="where the train/val split cache and the label map are kept (default: the GLDv2 folder)")
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of each landmark's images for val")
-    data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
-    data.add_argument("--imsize", type=int, default=512, help="training crop and val centre-crop size (pixels)")
+    data.add_argument("--split-seed", type=checks.SEED, default=0, help="seed of the train/val split")
+    data.add_argument("--imsize", type=checks.IMSIZE, default=512,
+                      help="training crop and val centre-crop size (pixels)")
     data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                       help="DataLoader processes per rank (0: load images in the training process)")
 
@@ -104,7 +105,8 @@ def get_args_parser(model="token"):
                        help="clip the gradient's global L2 norm to NORM (default: no clipping)")
     optim.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
                        help="mixed precision: bf16, or fp16 with a gradient scaler")
-    optim.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and augmentation")
+    optim.add_argument("--seed", type=checks.SEED, default=0,
+                       help="seed of the initialisation, data order and augmentation")
 
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -119,7 +121,7 @@ def get_args_parser(model="token"):
                      help="steps between progress-bar updates of loss and images/s (and checks for a NaN loss)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bars (for log files); the log line of every epoch stays")
-    return checks.finite_float_flags(parser)
+    return checks.check_flags(parser)
 
 
 def parse_args(argv=None):
@@ -159,8 +161,6 @@ def check_args(args, env):
     if args.batch_size % share or args.batch_size < MIN_BATCH * share:
         raise InputError(f"--batch-size {args.batch_size} must be a multiple of {share} (processes x --update-every) "
                          f"and at least {MIN_BATCH * share}, so that each micro-batch has {MIN_BATCH}+ images")
-    if args.imsize < 32:
-        raise InputError(f"--imsize {args.imsize}: at least 32 pixels (the backbone's stride)")
     if args.nesterov and args.momentum <= 0:
         raise InputError("Nesterov momentum needs --momentum > 0 (or pass --no-nesterov)")
     try:

@@ -53,25 +53,52 @@ def ordered_pair(flag, pair, low, high):
     return pair
 
 
-def finite_float_flags(parser):
-    """Make every ``type=float`` flag of ``parser`` and of its subcommands refuse nan and inf (``float`` takes
-    them, and a check such as ``alpha < 0`` lets nan through): one line naming the flag, as the checks above.
-    Returns ``parser``; train.py's, test.py's and index.py's parsers pass through it."""
+def in_range(flag, value, low, high):
+    """A whole number from ``low`` to ``high``."""
+    if not low <= value <= high:
+        _fail(flag, value, f"a whole number from {low} to {high}")
+    return value
+
+
+def int_in(low, high):
+    """An argparse ``type``: a whole number from ``low`` to ``high``, refused with one line naming the flag once the
+    parser has passed through ``check_flags``."""
+
+    def whole_number(text):
+        return int(text)
+
+    whole_number.__name__ = "int"  # argparse's "invalid int value: 'x'" for text that is not a number
+    whole_number.bounds = (low, high)
+    return whole_number
+
+
+SEED = int_in(0, 2**32 - 1)  # what numpy's and the data loaders' generators take
+IMSIZE = int_in(32, 4096)  # pixels: the backbone's stride at least; beyond 4096 a batch needs tens of GB
+THREADS = int_in(1, 1024)
+
+
+def check_flags(parser):
+    """Check every typed flag of ``parser`` and of its subcommands as argparse converts it, whatever its ``nargs``
+    or ``type``: a value that comes out as a float must be finite (``float`` takes nan and inf, and a check such as
+    ``alpha < 0`` lets nan through), one made by ``int_in`` within its bounds; one line naming the flag, as the
+    checks above. Returns ``parser``; every entry point's parser passes through it."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for subparser in action.choices.values():
-                finite_float_flags(subparser)
-        elif action.type is float:
-            action.type = _finite_float(action.option_strings[0] if action.option_strings else action.dest)
+                check_flags(subparser)
+        elif callable(action.type):
+            action.type = _checked(action.option_strings[0] if action.option_strings else action.dest, action.type)
     return parser
 
 
-def _finite_float(flag):
+def _checked(flag, convert):
     def check(text):
-        value = float(text)
-        if not math.isfinite(value):
+        value = convert(text)
+        if isinstance(value, float) and not math.isfinite(value):
             _fail(flag, text, "a finite number (nan and inf are refused)")
+        if hasattr(convert, "bounds"):
+            in_range(flag, value, *convert.bounds)
         return value
 
-    check.__name__ = "float"  # what argparse names in "invalid float value: 'x'" for text that is not a number
+    check.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid float value: 'x'"
     return check

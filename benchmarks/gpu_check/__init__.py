@@ -41,6 +41,9 @@ from benchmarks.gpu_check.profiles import GPU, SMOKE
 from benchmarks.gpu_check.report import KILL_GRACE_S, OutOfTime, Report, check_cosines, run_command
 from benchmarks.gpu_check.speed_stages import extract_speed_stage, train_speed_stage
 from benchmarks.gpu_check.training_stages import ddp_stage, make_world, resume_stage, train_flags, train_stage
+from utils import checks
+from utils.errors import fail_cleanly
+from utils.paths import writable_file
 
 __all__ = ["KILL_GRACE_S", "OutOfTime", "Report", "check_cosines", "get_args_parser", "main", "run_command"]
 
@@ -55,11 +58,11 @@ def get_args_parser():
                         help="cuda: the GPU check (exits 0 with one line where there is no CUDA); cpu: with --smoke")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes (resnet18, 64 px, 2 training steps, gloo on the CPU): every stage end to end")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=checks.int_in(0, 256), default=None,
                         help="data-loading processes of train.py and test.py (default: min(8, cores); 0 --smoke)")
     parser.add_argument("--work-dir", default=None,
                         help="keep the world, runs and logs here (default: a temporary folder, deleted at the end)")
-    return parser
+    return checks.check_flags(parser)
 
 
 def print_summary(report):
@@ -78,8 +81,11 @@ def _short(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+@fail_cleanly
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    checks.non_negative_float("--budget-s", args.budget_s)
+    out = writable_file(args.out or OUT_DIR / f"gpu_check{'-smoke' if args.smoke else ''}.json", "--out")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here, nothing checked (run it on a GPU machine; --device cpu --smoke "
               "runs every stage on the CPU)")
@@ -118,7 +124,7 @@ def main(argv=None):
               "seconds": round(time.time() - started, 1), "passed": not failed, "skipped": skipped,
               "checks": report.checks, "timings": report.timings, "stages": report.stages, "machine": machine(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out = write_json(args.out or OUT_DIR / f"gpu_check{'-smoke' if args.smoke else ''}.json", result)
+    write_json(out, result)
     print_summary(report)
     verdict = [f"FAILED: {', '.join(failed)}" if failed else f"{len(report.checks)} checks passed"]
     verdict += [f"skipped: {', '.join(skipped)}"] if skipped else []
