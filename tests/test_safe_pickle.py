@@ -62,15 +62,25 @@ class _FloatMarkedAsObjects:
         return (np.dtype, ("f8", False, True), (3, "<", None, None, None, -1, -1, 1))
 
 
+class _RecordWithAnObjectField:
+    """A structured ``V8`` dtype whose one field is an object, its pickled flags (0) saying it holds none: numpy
+    then fills it from raw bytes, and printing or freeing the array follows those bytes as a pointer (exit 139)."""
+
+    def __reduce__(self):
+        return (np.dtype, ("V8", False, True),
+                (3, "|", None, ("x",), {"x": (np.dtype(object), 0)}, 8, 1, 0))
+
+
 def _load_in_child(path, defines_load):
     """Run the load in a child process: a segfault is an exit code here, not the end of pytest."""
-    code = ("import sys\nfrom utils.errors import InputError\n" + defines_load + "\ntry:\n    load(sys.argv[1])\n"
-            "except InputError as err:\n    print(err)\n    sys.exit(2)\nprint('loaded')")
+    code = ("import sys\nfrom utils.errors import InputError\n" + defines_load +
+            "\ntry:\n    print(load(sys.argv[1]))\nexcept InputError as err:\n    print(err)\n    sys.exit(2)\n")
     return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
 
 
-@pytest.mark.parametrize("dtype", [np.dtype(object), _FloatMarkedAsObjects()], ids=["object", "float-flagged-object"])
+@pytest.mark.parametrize("dtype", [np.dtype(object), _FloatMarkedAsObjects(), _RecordWithAnObjectField()],
+                         ids=["object", "float-flagged-object", "record-with-object-field"])
 def test_ground_truth_with_an_object_array_from_bytes_is_refused(tmp_path, dtype):
     path = tmp_path / "gnd_evil.pkl"
     path.write_bytes(pickle.dumps({"imlist": ["a"], "gnd": [{"bbx": _ObjectArrayFromBytes(dtype)}]}, protocol=2))
@@ -83,7 +93,7 @@ def test_ground_truth_with_an_object_array_from_bytes_is_refused(tmp_path, dtype
 def test_released_pt_with_an_object_pca_mean_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "Resnet101-AP-GeM.pt"
     pca = fitted_pca(np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32))
-    pca.mean_ = _ObjectArrayFromBytes()
+    pca.mean_ = _ObjectArrayFromBytes(_RecordWithAnObjectField())
     save_deep_image_retrieval(path, {"fc.weight": torch.zeros(2, 2)}, pca, monkeypatch)
     out = _load_in_child(path, "from weights.checkpoint import read_file\nfrom weights.released import PICKLE_MODULE\n"
                                "load = lambda path: read_file(path, 'a .pt', PICKLE_MODULE)")
