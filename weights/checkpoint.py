@@ -144,9 +144,9 @@ def check_fits(model, state, original, path):
         if key not in expected:
             raise InputError(f"{path} does not fit {what}: unexpected key {name(key)}")
     for key, value in state.items():
-        if value.is_floating_point() != expected[key].is_floating_point():
+        if expected[key].is_floating_point() and not value.is_floating_point():
             raise InputError(f"{path} does not fit {what}: key {name(key)} is a {value.dtype} tensor, the model "
-                             f"expects {'floating-point' if expected[key].is_floating_point() else 'integer'} values")
+                             "expects floating-point values")
         if value.shape != expected[key].shape:
             raise InputError(f"{path} does not fit {what}: key {name(key)} has shape "
                              f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}")
