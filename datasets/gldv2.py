@@ -18,9 +18,11 @@ after adding images.
 """
 
 import hashlib
+import itertools
 import logging
 import os
 import pickle
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ VAL_CACHE = "GLDv2-clean-val-split.pkl"
 LABEL_MAP = "GLDv2-clean-label-map.csv"
 SPLIT_CACHE_FILES = (TRAIN_CACHE, VAL_CACHE, LABEL_MAP)  # what load_gldv2 writes to its cache_dir
 _IMAGE_ID = r"[\w-]{3,}"
+_IMAGE_ID_RE = re.compile(_IMAGE_ID)
 _LANDMARK_ID = r"\d{1,18}"
 _FIRST_LINE = 2  # the CSV header is line 1
 
@@ -194,7 +197,38 @@ def _build_split(root, csv_path, seed, val_fraction):
         landmark_train, landmark_val = split_landmark(image_ids, seed, val_fraction)
         train += [(i, label) for i in landmark_train]
         val += [(i, label) for i in landmark_val]
-    return [int(lid) for lid in images_by_landmark.index], train, val
+    landmark_ids = [int(lid) for lid in images_by_landmark.index]
+    check_split(csv_path, landmark_ids, train + val)
+    return landmark_ids, train, val
+
+
+def check_split(source, landmark_ids, samples):
+    """Raise an ``InputError`` naming ``source`` unless ``landmark_ids`` are distinct ascending non-negative ints
+    and ``samples`` are distinct ``(image id, label)`` pairs, each id an id (no path: it is joined under the
+    GLDv2 folder by ``image_path``) and each label in 0..len(landmark_ids)-1. The one rule for a split, whether
+    it was built from the CSV or read from a cache."""
+    def fail(what):
+        raise InputError(f"{source}: {what}; delete the split cache files ({', '.join(SPLIT_CACHE_FILES)}) "
+                         "to rebuild them from the CSV")
+
+    if not isinstance(landmark_ids, list) or not all(type(lid) is int and lid >= 0 for lid in landmark_ids):
+        fail("the landmark ids are not a list of non-negative integers")
+    if any(a >= b for a, b in itertools.pairwise(landmark_ids)):
+        fail("the landmark ids are not distinct and ascending")
+    if not isinstance(samples, list):
+        fail(f"the samples are a {type(samples).__name__}, not a list")
+    seen = set()
+    for k, sample in enumerate(samples):
+        if not (isinstance(sample, tuple) and len(sample) == 2):
+            fail(f"sample {k} is not an (image id, label) pair")
+        image_id, label = sample
+        if not (isinstance(image_id, str) and _IMAGE_ID_RE.fullmatch(image_id)):
+            fail(f"sample {k}: image id {image_id!r} is not an id (at least 3 letters, digits, '_' or '-')")
+        if type(label) is not int or not 0 <= label < len(landmark_ids):
+            fail(f"sample {k}: label {label!r} is not in 0..{len(landmark_ids) - 1}")
+        if image_id in seen:
+            fail(f"sample {k}: image id {image_id} is listed twice")
+        seen.add(image_id)
 
 
 def find_missing(root, image_ids):
@@ -245,6 +279,11 @@ def _read_cache(cache_dir, settings):
                         path, made_with, settings)
             return None
     train, val = payloads
+    for path, payload in zip(paths, payloads, strict=True):
+        check_split(path, payload.get("landmark_ids"), payload.get("samples"))
+        if payload["landmark_ids"] != train["landmark_ids"]:
+            raise InputError(f"{path}: its landmark ids are not those of {paths[0]}; delete the split cache files "
+                             f"({', '.join(SPLIT_CACHE_FILES)}) to rebuild them from the CSV")
     return train["landmark_ids"], train["samples"], val["samples"]
 
 

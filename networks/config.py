@@ -23,6 +23,24 @@ def _setting(default, help, choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+MAX_SIZE = 1 << 16  # no size, count or number of blocks of a model goes near this; a file saying so is damaged
+
+
+def _check_type(f, value):
+    """Raise a ``ValueError`` naming field ``f`` unless ``value`` is of its type: a str, a bool, an int (not a
+    bool) in [-MAX_SIZE, MAX_SIZE], or a finite real number."""
+    if f.type is int:
+        ok = type(value) is int and -MAX_SIZE <= value <= MAX_SIZE
+        expected = f"an integer of at most {MAX_SIZE}"
+    elif f.type is float:
+        ok = type(value) in (int, float) and math.isfinite(value)
+        expected = "a finite number"
+    else:
+        ok, expected = type(value) is f.type, f"a {f.type.__name__}"
+    if not ok:
+        raise ValueError(f"{f.name} must be {expected}, got {value!r}")
+
+
 class ModelConfig:
     """What every model config does: check its values, round-trip through a dict and through train.py's flags.
 
@@ -35,11 +53,13 @@ class ModelConfig:
 
     def __post_init__(self):
         for f in fields(self):
+            _check_type(f, getattr(self, f.name))
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        if any(getattr(self, name) < 1 for name in self.positive):
-            raise ValueError(f"{', '.join(self.positive)} must be positive")
+        for name in self.positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 
     @classmethod
     def of(cls, config=None, **settings):

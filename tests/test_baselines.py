@@ -155,7 +155,7 @@ def test_nan_or_infinite_weights_are_refused_naming_the_tensor(small_rmac, bad):
     ({"rotary": True}, r"unknown model setting\(s\) rotary \(a file of a newer version\?\)"),
     ({"backbone": "resnet999"}, "backbone must be one of"),
     ({"model": "vit"}, "unknown model 'vit'"),
-    ({"levels": "three"}, "not supported between"),
+    ({"levels": "three"}, "levels must be an integer of at most 65536, got 'three'"),
 ])
 def test_a_model_config_that_cannot_be_used_is_refused_naming_the_file(small_rmac, settings, message):
     model, folder = small_rmac

@@ -170,6 +170,40 @@ def test_cache_of_an_edited_csv_or_foreign_format_is_rebuilt(gldv2_root):
     assert load_gldv2(gldv2_root).num_classes == before.num_classes - 1
 
 
+@pytest.mark.parametrize("tamper, message", [
+    (lambda samples: samples.__setitem__(0, ("../../../outside/secret", 0)), "image id '../../../outside/secret'"),
+    (lambda samples: samples.__setitem__(0, ("/etc/passwd", 0)), "image id '/etc/passwd' is not an id"),
+    (lambda samples: samples.__setitem__(0, (samples[0][0], 10**6)), "label 1000000 is not in 0.."),
+    (lambda samples: samples.__setitem__(0, (samples[0][0], -1)), "label -1 is not in 0.."),
+    (lambda samples: samples.__setitem__(0, (samples[0][0], True)), "label True is not in 0.."),
+    (lambda samples: samples.__setitem__(1, samples[0]), "is listed twice"),
+], ids=["dotdot", "absolute", "label-too-big", "label-negative", "label-bool", "duplicate"])
+def test_tampered_split_cache_is_checked_like_the_csv(gldv2_root, tamper, message):
+    """A cache whose settings match is still checked sample by sample, by the rule the CSV's split passes
+    (``check_split``): an id that is a path would be opened outside the GLDv2 folder, a label out of range
+    would fail in the loss after the model was built."""
+    outside = gldv2_root.parent / "outside"
+    outside.mkdir()
+    _write_jpeg(outside / "secret.jpg", np.random.default_rng(0))
+    load_gldv2(gldv2_root)
+    for name in (VAL_CACHE, TRAIN_CACHE):
+        payload = safe_load(gldv2_root / name)
+        tamper(payload["samples"])
+        (gldv2_root / name).write_bytes(pickle.dumps(payload))
+    with pytest.raises(InputError, match=f"{VAL_CACHE}|{TRAIN_CACHE}") as err:
+        load_gldv2(gldv2_root)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_tampered_cache_landmark_ids_are_refused(gldv2_root):
+    load_gldv2(gldv2_root)
+    payload = safe_load(gldv2_root / TRAIN_CACHE)
+    payload["landmark_ids"] = payload["landmark_ids"][::-1]
+    (gldv2_root / TRAIN_CACHE).write_bytes(pickle.dumps(payload))
+    with pytest.raises(InputError, match=f"{TRAIN_CACHE}: the landmark ids are not distinct and ascending"):
+        load_gldv2(gldv2_root)
+
+
 def test_missing_images_are_reported_and_left_out(gldv2_root, caplog):
     rows = _clean_rows(gldv2_root)
     gone = [rows[7][0], rows[7][1], *rows[88]]  # landmark 88 loses every image, so it is no class

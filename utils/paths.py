@@ -7,9 +7,12 @@
 - ``writable_folder`` / ``writable_file``: a folder a run writes into, or a file it writes. The check finds the
   first problem a write would meet later (a file where a folder is expected, a folder that cannot be created, a
   read-only or unwritable location) and names the flag and the path in one line.
+- ``open_regular_file``: a data file opened for reading only if it is a regular file (a FIFO would wait forever
+  for a writer, a device would never end).
 """
 
 import os
+import stat
 import tempfile
 from pathlib import Path, PurePosixPath
 
@@ -67,3 +70,19 @@ def writable_file(path, flag):
         raise InputError(f"{flag} {path}: is a folder, expected a file to write")
     writable_folder(path.parent, f"{flag} {path}: its folder")
     return path
+
+
+def open_regular_file(path, expected):
+    """``path`` opened for binary reading, if it is a regular file; else an ``InputError`` naming it and what
+    it is. Opened without blocking, so a FIFO is refused at once instead of waiting for a writer. Other
+    ``OSError``s than a missing file (permission, I/O) are the caller's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: expected {expected}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise InputError(f"{path} is {kind}; expected {expected} (only regular files are read)")
+    return os.fdopen(fd, "rb")

@@ -27,6 +27,7 @@ from networks.config import TokenConfig, config_from_dict
 from networks.models import build_model
 from utils.atomic import atomic_write, write_error
 from utils.errors import InputError
+from utils.paths import open_regular_file
 from utils.safe_pickle import UnsafePickleError
 from weights import released, zoo
 
@@ -45,16 +46,18 @@ def read_file(path, expected="a Token checkpoint (.pth)", pickle_module=None):
     ``weights_only`` refuses is read again through it.
     """
     try:
-        with open(path, "rb") as f:
-            magic = f.read(len(NUMPY_MAGIC))
-    except FileNotFoundError:
-        raise InputError(f"{path} not found: expected {expected}") from None
+        with open_regular_file(path, expected) as f:
+            return _load(f, path, expected, pickle_module)
     except OSError as err:
         raise _unreadable(path, err) from None
-    if magic == NUMPY_MAGIC:
+
+
+def _load(f, path, expected, pickle_module):
+    if f.read(len(NUMPY_MAGIC)) == NUMPY_MAGIC:
         raise InputError(f"{path}: a numpy array file (.npy), not a torch checkpoint; expected {expected}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        f.seek(0)
+        return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise InputError(f"{path}: not a readable checkpoint ({err})") from None
@@ -64,7 +67,8 @@ def read_file(path, expected="a Token checkpoint (.pth)", pickle_module=None):
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise _unreadable(path, err) from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=pickle_module)
+        f.seek(0)
+        return torch.load(f, map_location="cpu", weights_only=False, pickle_module=pickle_module)
     except UnsafePickleError as err:
         raise InputError(f"{path}: refused to load, it holds objects that would run code when unpickled ({err}); "
                          "only tensors, arrays and plain data are accepted") from None
@@ -83,12 +87,19 @@ def named_tensors(state, path, rename):
         if not isinstance(key, str) or not torch.is_tensor(value):
             raise InputError(f"{path}: its state_dict entry {key!r} is not a tensor named by a string "
                              f"({type(key).__name__} -> {type(value).__name__}); not a model checkpoint")
+        if value.is_meta or value.layout != torch.strided or value.is_complex() or value.is_quantized:
+            raise InputError(f"{path}: tensor '{key}' is a {_kind(value)} tensor; a model's weights are plain "
+                             "real tensors with values")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise InputError(f"{path}: tensor '{key}' holds NaN or infinite values; the weights are corrupt "
                              "(a diverged run or a damaged file)")
         name = rename(key.removeprefix("module."))
         ours[name], original[name] = value, key
     return ours, original
+
+
+def _kind(value):
+    return "meta" if value.is_meta else "complex" if value.is_complex() else str(value.layout).removeprefix("torch.")
 
 
 def read_checkpoint(path):
@@ -133,6 +144,9 @@ def check_fits(model, state, original, path):
         if key not in expected:
             raise InputError(f"{path} does not fit {what}: unexpected key {name(key)}")
     for key, value in state.items():
+        if expected[key].is_floating_point() and not value.is_floating_point():
+            raise InputError(f"{path} does not fit {what}: key {name(key)} is a {value.dtype} tensor, the model "
+                             "expects floating-point values")
         if value.shape != expected[key].shape:
             raise InputError(f"{path} does not fit {what}: key {name(key)} has shape "
                              f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}")
