@@ -1,7 +1,10 @@
 """The paths of an image collection (``datasets.collection.list_images``) and of an index: folders with link
-loops, image lists with ``--root``, file names that no line-based file can hold."""
+loops, image lists with ``--root``, file names that no line-based file can hold, parts of index.json that leave the
+index."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,8 @@ import pytest
 from datasets.collection import list_images
 from retrieval.image_index import PATHS
 from tests.eval_sets import random_image, write_checkpoint
+from tests.faults import one_error_line
+from tests.test_index import BUILD, RUN, run
 from utils.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +103,43 @@ def test_names_no_line_of_an_index_holds_are_left_out_with_a_warning(tmp_path, o
     found = index_py("query", "--index", index, kept[1], "--topk", "2", "--device", "cpu")
     assert found.returncode == 0, found.stderr
     assert f"   1  1.0000  {kept[1]}" in found.stdout
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory):
+    """An index of three images built with a small Token; a folder of one more image; the checkpoint."""
+    base = tmp_path_factory.mktemp("small_index")
+    write_jpegs(base / "photos", ["a.jpg", "b.jpg", "sub/c.jpg"])
+    write_jpegs(base / "more", ["d.jpg"], seed=1)
+    checkpoint = write_checkpoint(base / "token.pth")
+    run("build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", base / "index", *BUILD)
+    return base, checkpoint
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+@pytest.mark.parametrize("command", ["build", "add"])
+def test_a_part_of_index_json_leaving_the_index_is_refused(small_index, tmp_path, capsys, command, where):
+    """Before: build deleted victim.npy/.txt/.json beside the index (features/../../victim), add read them into
+    paths.txt; an absolute part did the same anywhere."""
+    base, checkpoint = small_index
+    index = tmp_path / "index"
+    shutil.copytree(base / "index", index)
+    victim = tmp_path / "victim"
+    np.save(victim.with_suffix(".npy"), np.ones((1, 32), np.float32))
+    victim.with_suffix(".txt").write_text("/etc/shadow\n")
+    victim.with_suffix(".json").write_text("{}")
+    part = "../../victim" if where == "relative" else str(victim)
+    meta = json.loads((index / "index.json").read_text())
+    (index / "index.json").write_text(json.dumps({**meta, "parts": [*meta["parts"], part]}))
+    paths = (index / PATHS).read_text()
+    argv = {"build": ["build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", index, *BUILD],
+            "add": ["add", "--images", base / "more", "--index", index, *RUN]}[command]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run(*argv)
+    assert stop.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {index / 'index.json'}: the part {part!r} is not one index.py writes (collection or " \
+                   "add-<12 hex digits>); build the index in a new folder"
+    assert all(victim.with_suffix(suffix).is_file() for suffix in (".npy", ".txt", ".json"))
+    assert (index / PATHS).read_text() == paths
