@@ -41,6 +41,7 @@ from retrieval.search import R1M_COMPRESSED, CompressedSearch
 from retrieval.settings import ExtractionSettings, check_extraction, with_checkpoint_file
 from utils.atomic import atomic_write, read_json, save_json
 from utils.errors import InputError
+from utils.paths import writable_folder
 
 FORMAT = 1
 INDEX_FILE, PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH = (
@@ -107,11 +108,11 @@ def build(images, index_dir, settings, env, root=None, search="auto"):
     check_extraction(settings, env.device)
     if search not in SEARCHES:
         raise InputError(f"search must be auto, exact or compressed, got {search!r}")
+    index_dir = writable_folder(index_dir, "--index")
     settings = with_checkpoint_file(settings)  # a released name: its file
     paths = list_images(images, root)
     if not paths:
         raise InputError(f"--images {images}: no files found")
-    index_dir = Path(index_dir)
     previous = read_json(index_dir / INDEX_FILE)
     previous = check_parts(previous, index_dir) if isinstance(previous, dict) and "parts" in previous else []
     model = load_for_extraction(settings.checkpoint, env.device)
@@ -166,7 +167,7 @@ def _check_checkpoint(meta, index_dir):
 def add(images, index_dir, env, root=None, **run):
     """Append the images of ``images`` that ``index_dir`` does not hold yet, with the index's own checkpoint
     and settings; ``run``: this run's batch size, workers, device, shard size, progress. A summary dict (rank 0)."""
-    index_dir = Path(index_dir)
+    index_dir = writable_folder(index_dir, "--index")
     meta = read_meta(index_dir)
     _check_checkpoint(meta, index_dir)
     settings = stored_settings(meta, **run)

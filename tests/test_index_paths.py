@@ -143,3 +143,27 @@ def test_a_part_of_index_json_leaving_the_index_is_refused(small_index, tmp_path
                    "add-<12 hex digits>); build the index in a new folder"
     assert all(victim.with_suffix(suffix).is_file() for suffix in (".npy", ".txt", ".json"))
     assert (index / PATHS).read_text() == paths
+
+
+def test_an_index_folder_that_cannot_be_written_is_named_before_any_work(small_index, read_only, tmp_path, capsys):
+    """A real read-only mount (root ignores chmod) and a file: before, build and add ended in tracebacks."""
+    base, checkpoint = small_index
+    shutil.copytree(base / "index", read_only.parent / "source" / "index")  # seen read-only through the mount
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    build = ["build", "--images", base / "photos", "--checkpoint", checkpoint, *BUILD, "--index"]
+    add = ["add", "--images", base / "more", *RUN, "--index"]
+    cases = [(build, read_only / "new", f"cannot be created in {read_only} (Read-only file system)"),
+             (add, read_only / "index", "is not writable (Read-only file system)"),
+             (build, file, "is a file, expected a folder"),
+             (add, file, "is a file, expected a folder"),
+             (build, file / "index", f"cannot be created: {file} is a file, expected a folder")]
+    for argv, index, why in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            run(*argv, index)
+        assert stop.value.code == 2
+        out, err = capsys.readouterr()
+        assert one_error_line(err) == f"error: --index {index}: {why}" and out == "", (argv[0], index)
+    found = run("query", "--index", read_only / "index", base / "photos" / "a.jpg", "--device", "cpu")
+    assert found is None and "1.0000" in capsys.readouterr().out  # a read-only index is still searched
