@@ -167,3 +167,28 @@ def test_an_index_folder_that_cannot_be_written_is_named_before_any_work(small_i
         assert one_error_line(err) == f"error: --index {index}: {why}" and out == "", (argv[0], index)
     found = run("query", "--index", read_only / "index", base / "photos" / "a.jpg", "--device", "cpu")
     assert found is None and "1.0000" in capsys.readouterr().out  # a read-only index is still searched
+
+
+def test_query_and_whiten_outputs_that_cannot_be_written_are_named_before_any_work(small_index, read_only, tmp_path,
+                                                                                   capsys):
+    """Before: the query (model, descriptors, search) or the whitening ran, then writing its file failed."""
+    base, _ = small_index
+    query = ["query", "--index", base / "index", base / "photos" / "a.jpg", "--device", "cpu"]
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    cases = [([*query, "--json"], read_only / "r.json", f"its folder {read_only}: is not writable (Read-only file "
+                                                        "system)"),
+             ([*query, "--figure"], file / "r.png", f"its folder {file}: is a file, expected a folder"),
+             (["whiten", "--index", base / "index", "--out"], read_only / "W.npz",
+              f"its folder {read_only}: is not writable (Read-only file system)")]
+    for argv, path, why in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            run(*argv, path)
+        assert stop.value.code == 2
+        out, err = capsys.readouterr()
+        flag = argv[-1]
+        assert one_error_line(err) == f"error: {flag} {path}: {why}" and out == "", flag
+    run(*query, "--json", tmp_path / "new" / "r.json")  # a folder that does not exist yet is created
+    assert json.loads((tmp_path / "new" / "r.json").read_text())[0]["results"][0]["path"] == str(
+        base / "photos" / "a.jpg")
