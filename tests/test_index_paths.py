@@ -116,6 +116,16 @@ def small_index(tmp_path_factory):
     return base, checkpoint
 
 
+def refused(capsys, *argv):
+    """The one error line of ``index.py argv`` run in this process, which must exit 2 having printed nothing."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run(*argv)
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == "", argv
+    return one_error_line(err)
+
+
 @pytest.mark.parametrize("where", ["relative", "absolute"])
 @pytest.mark.parametrize("command", ["build", "add"])
 def test_a_part_of_index_json_leaving_the_index_is_refused(small_index, tmp_path, capsys, command, where):
@@ -134,13 +144,8 @@ def test_a_part_of_index_json_leaving_the_index_is_refused(small_index, tmp_path
     paths = (index / PATHS).read_text()
     argv = {"build": ["build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", index, *BUILD],
             "add": ["add", "--images", base / "more", "--index", index, *RUN]}[command]
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        run(*argv)
-    assert stop.value.code == 2
-    line = one_error_line(capsys.readouterr().err)
-    assert line == f"error: {index / 'index.json'}: the part {part!r} is not one index.py writes (collection or " \
-                   "add-<12 hex digits>); build the index in a new folder"
+    assert refused(capsys, *argv) == f"error: {index / 'index.json'}: the part {part!r} is not one index.py writes " \
+                                     "(collection or add-<12 hex digits>); build the index in a new folder"
     assert all(victim.with_suffix(suffix).is_file() for suffix in (".npy", ".txt", ".json"))
     assert (index / PATHS).read_text() == paths
 
@@ -159,12 +164,7 @@ def test_an_index_folder_that_cannot_be_written_is_named_before_any_work(small_i
              (add, file, "is a file, expected a folder"),
              (build, file / "index", f"cannot be created: {file} is a file, expected a folder")]
     for argv, index, why in cases:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stop:
-            run(*argv, index)
-        assert stop.value.code == 2
-        out, err = capsys.readouterr()
-        assert one_error_line(err) == f"error: --index {index}: {why}" and out == "", (argv[0], index)
+        assert refused(capsys, *argv, index) == f"error: --index {index}: {why}"
     found = run("query", "--index", read_only / "index", base / "photos" / "a.jpg", "--device", "cpu")
     assert found is None and "1.0000" in capsys.readouterr().out  # a read-only index is still searched
 
@@ -182,13 +182,7 @@ def test_query_and_whiten_outputs_that_cannot_be_written_are_named_before_any_wo
              (["whiten", "--index", base / "index", "--out"], read_only / "W.npz",
               f"its folder {read_only}: is not writable (Read-only file system)")]
     for argv, path, why in cases:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as stop:
-            run(*argv, path)
-        assert stop.value.code == 2
-        out, err = capsys.readouterr()
-        flag = argv[-1]
-        assert one_error_line(err) == f"error: {flag} {path}: {why}" and out == "", flag
+        assert refused(capsys, *argv, path) == f"error: {argv[-1]} {path}: {why}"
     run(*query, "--json", tmp_path / "new" / "r.json")  # a folder that does not exist yet is created
     assert json.loads((tmp_path / "new" / "r.json").read_text())[0]["results"][0]["path"] == str(
         base / "photos" / "a.jpg")
