@@ -35,6 +35,7 @@ from utils import checks
 from utils.atomic import save_json
 from utils.distributed import cleanup, init_distributed, resolve_device
 from utils.errors import InputError, fail_cleanly
+from utils.paths import writable_file
 
 
 def _images(parser):
@@ -118,11 +119,19 @@ def _boxes(args):
     return boxes
 
 
+def _output(path, flag):
+    """Check ``path``, a file this command writes, before any work (``writable_file``), and create its folder."""
+    writable_file(path, flag).parent.mkdir(parents=True, exist_ok=True)
+
+
 def run_query(args):
     for image in args.images:
         if not os.path.isfile(image):
             raise InputError(f"query image {image} not found")
     boxes = _boxes(args)
+    for flag, path in (("--json", args.json), ("--figure", args.figure)):
+        if path is not None:
+            _output(path, flag)
     index = ImageIndex(args.index, resolve_device(args.device), args.whiten_file, args.whiten_power)
     results, ms = query(index, args.images, args.topk, boxes)
     for entry in results:
@@ -139,6 +148,7 @@ def run_query(args):
 
 
 def run_whiten(args):
+    _output(args.out, "--out")
     if args.dims is not None:  # before any work: the index says how many directions its descriptors have
         meta = read_meta(args.index)
         check_directions("--dims", args.dims, meta["count"], meta["dim"])

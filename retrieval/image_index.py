@@ -24,6 +24,7 @@ well, cropped to their box first when one is given (``datasets.revisitop.resize_
 
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from retrieval.search import R1M_COMPRESSED, CompressedSearch
 from retrieval.settings import ExtractionSettings, check_extraction, with_checkpoint_file
 from utils.atomic import atomic_write, read_json, save_json
 from utils.errors import InputError
+from utils.paths import writable_folder
 
 FORMAT = 1
 INDEX_FILE, PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH = (
@@ -49,6 +51,8 @@ EXACT_MAX_IMAGES = 50_000
 SEARCHES = ("auto", "exact", "compressed")
 # the ExtractionSettings that index.json keeps (with the search): the others are each run's own
 STORED = ("checkpoint", "imsize", "scales", "amp", "whiten", "whiten_file", "whiten_power")
+# the names of the parts that index.json lists: those build and _part_name give, which no path can leave features/ by
+PART = re.compile(r"collection|add-[0-9a-f]{12}")
 
 
 def resolve_whitening(settings, model):
@@ -83,6 +87,20 @@ def _part_name(paths):
     return "add-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
 
 
+def check_parts(meta, index_dir):
+    """The parts ``meta`` (index.json) lists, each a name of ``PART``: a part's files are read, and deleted by a
+    build, under features/ by its name, so a name of an edited index.json (``../../victim``, an absolute path)
+    must not reach beyond it. ``InputError`` naming index.json and the entry otherwise."""
+    parts = meta.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise InputError(f"{Path(index_dir) / INDEX_FILE}: 'parts' must be a list of the index's parts, got {parts!r}")
+    for part in parts:
+        if not isinstance(part, str) or not PART.fullmatch(part):
+            raise InputError(f"{Path(index_dir) / INDEX_FILE}: the part {part!r} is not one index.py writes "
+                             "(collection or add-<12 hex digits>); build the index in a new folder")
+    return parts
+
+
 def build(images, index_dir, settings, env, root=None, search="auto"):
     """Index the images of ``images`` (a folder or a list, see ``datasets.collection.list_images``) in
     ``index_dir`` with the ``ExtractionSettings`` ``settings``, replacing what it held; ``search``: one of
@@ -90,11 +108,13 @@ def build(images, index_dir, settings, env, root=None, search="auto"):
     check_extraction(settings, env.device)
     if search not in SEARCHES:
         raise InputError(f"search must be auto, exact or compressed, got {search!r}")
+    index_dir = writable_folder(index_dir, "--index")
     settings = with_checkpoint_file(settings)  # a released name: its file
     paths = list_images(images, root)
     if not paths:
         raise InputError(f"--images {images}: no files found")
-    index_dir = Path(index_dir)
+    previous = read_json(index_dir / INDEX_FILE)
+    previous = check_parts(previous, index_dir) if isinstance(previous, dict) and "parts" in previous else []
     model = load_for_extraction(settings.checkpoint, env.device)
     whitening = resolve_whitening(settings, model)
     store = FeatureStore(index_dir / "features", env, settings.progress)
@@ -103,27 +123,29 @@ def build(images, index_dir, settings, env, root=None, search="auto"):
     seconds = time.perf_counter() - start
     if not env.is_main:
         return None
-    _forget_added_parts(index_dir)
+    _forget_added_parts(index_dir, previous)
     stored = {**{name: getattr(settings, name) for name in STORED}, "search": search}
     meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": stored,
             "dim": model.config.descriptor_dim, "parts": ["collection"]}
     return {**write_index(index_dir, meta, whitening), "extracted": extracted, "seconds": seconds}
 
 
-def _forget_added_parts(index_dir):
-    """Remove the parts that earlier ``add`` runs left in the feature store: a build starts the index anew."""
-    previous = read_json(Path(index_dir) / INDEX_FILE) or {}
-    for part in previous.get("parts", []):
+def _forget_added_parts(index_dir, parts):
+    """Remove the ``parts`` (checked by ``check_parts``) that earlier ``add`` runs left in the feature store: a
+    build starts the index anew."""
+    for part in parts:
         if part != "collection":
             for suffix in (".npy", ".json", ".txt"):
                 (Path(index_dir) / "features" / f"{part}{suffix}").unlink(missing_ok=True)
 
 
 def read_meta(index_dir):
-    """index.json of ``index_dir``; ``InputError`` when it is not an index."""
+    """index.json of ``index_dir``; ``InputError`` when it is not an index or lists a part it does not write
+    (``check_parts``)."""
     meta = read_json(Path(index_dir) / INDEX_FILE)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"--index {index_dir}: no index there (expected {INDEX_FILE}, written by index.py build)")
+    check_parts(meta, index_dir)
     return meta
 
 
@@ -145,7 +167,7 @@ def _check_checkpoint(meta, index_dir):
 def add(images, index_dir, env, root=None, **run):
     """Append the images of ``images`` that ``index_dir`` does not hold yet, with the index's own checkpoint
     and settings; ``run``: this run's batch size, workers, device, shard size, progress. A summary dict (rank 0)."""
-    index_dir = Path(index_dir)
+    index_dir = writable_folder(index_dir, "--index")
     meta = read_meta(index_dir)
     _check_checkpoint(meta, index_dir)
     settings = stored_settings(meta, **run)

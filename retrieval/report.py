@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import math
+from pathlib import Path
 
 from PIL import ImageDraw
 
@@ -138,8 +139,9 @@ def render(report, sections):
 
 
 def write_report(path, report, sections):
-    """Write the page atomically; the path."""
+    """Write the page atomically, creating its folder; the path."""
     page = render(report, sections).encode()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(page))
     return path
 

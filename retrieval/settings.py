@@ -22,7 +22,7 @@ from retrieval.features import SHARD_SIZE
 from retrieval.search import ALPHA, TOP_N
 from utils.checks import IMSIZE, check_flags
 from utils.errors import InputError
-from utils.paths import writable_folder
+from utils.paths import writable_file, writable_folder
 from weights import zoo
 from weights.zoo import MODELS_DIR, RELEASED
 
@@ -207,7 +207,8 @@ def check_extraction(settings, device):
 
 
 def check_settings(settings, env):
-    """Raise ``InputError`` (naming the flag) for settings that cannot run in ``env``, before any work."""
+    """Raise ``InputError`` (naming the flag) for settings that cannot run in ``env``, and for output paths that
+    cannot be written (``--output-dir``, ``--report``), before any work."""
     s = settings
     if s.protocol == "dir" and (s.imsize != EvalSettings.imsize or list(s.scales) != list(SCALES)):
         raise InputError("--protocol dir evaluates one scale at the original size: drop --imsize and --scales")
@@ -225,6 +226,8 @@ def check_settings(settings, env):
                          "(a folder every process sees)")
     if s.output_dir is not None:
         writable_folder(s.output_dir, "--output-dir")
+    if s.report is not None:
+        writable_file(s.report, "--report")
 
 
 def with_checkpoint_file(settings):

@@ -1,4 +1,5 @@
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +49,26 @@ def eval_inputs(tmp_path_factory):
     write_mini_set(base / "data")
     write_r1m(base / "data")
     return base / "data", write_checkpoint(base / "token.pth")
+
+
+def mount(*args):
+    """``mount ARGS``; the test is skipped where mounting is not permitted."""
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"mounting is not permitted here (mount {' '.join(args)}: {done.stderr.strip()})")
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only bind mount (``tmp_path/read-only``) of the folder ``tmp_path/source``, which holds ``old.txt``
+    and stays writable: a real read-only file system, which root cannot write either (root ignores chmod)."""
+    source, target = tmp_path / "source", tmp_path / "read-only"
+    source.mkdir()
+    target.mkdir()
+    (source / "old.txt").write_text("old")
+    mount("--bind", str(source), str(target))
+    try:
+        mount("-o", "remount,ro,bind", str(target))
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)

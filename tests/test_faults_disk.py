@@ -18,7 +18,7 @@ import retrieval.features as features_module
 import visualize
 from datasets.synthetic import cli as synthetic_cli
 from retrieval.features import FeatureStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mount
 from tests.faults import SUBPROCESS_ENV, one_error_line, wait_for
 from tests.test_train import run
 from utils.atomic import WriteError, atomic_write, temporary_path
@@ -112,34 +112,13 @@ def test_disk_full_while_saving_a_checkpoint(gldv2, tmp_path, monkeypatch, capsy
 # ---------------------------------------------------------------- issue #15: real full disks, read-only folders
 
 
-def _mount(*args):
-    done = subprocess.run(["mount", *args], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"mounting is not permitted here (mount {' '.join(args)}: {done.stderr.strip()})")
-
-
 @pytest.fixture
 def full_disk(tmp_path):
     """A 10 MiB tmpfs: metrics.csv and the curves fit, a resnet18 checkpoint (~90 MB) does not."""
     target = tmp_path / "small-disk"
     target.mkdir()
-    _mount("-t", "tmpfs", "-o", "size=10m", "tmpfs", str(target))
+    mount("-t", "tmpfs", "-o", "size=10m", "tmpfs", str(target))
     try:
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=True)
-
-
-@pytest.fixture
-def read_only(tmp_path):
-    """A read-only bind mount of a folder holding ``old.txt``."""
-    source, target = tmp_path / "source", tmp_path / "read-only"
-    source.mkdir()
-    target.mkdir()
-    (source / "old.txt").write_text("old")
-    _mount("--bind", str(source), str(target))
-    try:
-        _mount("-o", "remount,ro,bind", str(target))
         yield target
     finally:
         subprocess.run(["umount", str(target)], check=True)

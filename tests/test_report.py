@@ -13,6 +13,7 @@ from networks.pca_whitening import PCAWhitening
 from retrieval.descriptor_whitening import save_whitening
 from retrieval.revisited import PROTOCOLS, revisited_map
 from tests.eval_sets import DIM, R1M_IMAGES, run_test, write_checkpoint, write_mini_set, write_r1m
+from tests.faults import one_error_line
 
 POWER = 0.5
 
@@ -65,9 +66,9 @@ def reported(tmp_path_factory):
     whitening = PCAWhitening.fit(np.random.default_rng(0).standard_normal((80, DIM)))
     save_whitening(base / "W.npz", whitening)
     run_test(base / "data", checkpoint, base / "eval", "--r1m", "--qe", "--whiten-file", str(base / "W.npz"),
-             "--whiten-power", str(POWER), "--report", str(base / "report.html"))
+             "--whiten-power", str(POWER), "--report", str(base / "pages" / "report.html"))  # a folder to create
     page = Page()
-    page.feed((base / "report.html").read_text())
+    page.feed((base / "pages" / "report.html").read_text())
     return base, json.loads((base / "eval" / "results.json").read_text()), page, whitening
 
 
@@ -146,3 +147,24 @@ def test_a_whitening_of_another_size_is_one_line(reported, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --whiten-file") and "takes 16-d descriptors, the model gives 32-d" in err
     assert err.count("\n") == 1
+
+
+def test_a_report_that_cannot_be_written_stops_test_py_before_any_work(reported, read_only, tmp_path, capsys):
+    """Before: the whole evaluation ran, then writing the page failed (and without --output-dir the features were
+    lost with it)."""
+    base = reported[0]
+    file = tmp_path / "a-file"
+    file.write_text("not a folder")
+    cases = {read_only / "r.html": f"its folder {read_only}: is not writable (Read-only file system)",
+             file / "r.html": f"its folder {file}: is a file, expected a folder",
+             file / "pages" / "r.html": f"its folder {file / 'pages'}: cannot be created: {file} is a file, "
+                                        "expected a folder",
+             tmp_path: "is a folder, expected a file to write"}
+    for report, why in cases.items():
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_test(base / "data", base / "token.pth", tmp_path / "eval", "--report", str(report))
+        assert exit_info.value.code == 2
+        out, err = capsys.readouterr()
+        assert one_error_line(err) == f"error: --report {report}: {why}" and out == "", report
+        assert not (tmp_path / "eval").exists()
