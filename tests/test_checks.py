@@ -166,7 +166,8 @@ def test_index_whiten_dims_is_checked_against_the_index_before_any_work(dims, ex
     from retrieval.image_index import DESCRIPTORS, FORMAT, INDEX_FILE
 
     (tmp_path / "idx").mkdir()
-    (tmp_path / "idx" / INDEX_FILE).write_text(json.dumps({"format": FORMAT, "count": 10, "dim": 16}))
+    meta = {"format": FORMAT, "count": 10, "dim": 16, "parts": ["collection"]}  # what read_meta accepts
+    (tmp_path / "idx" / INDEX_FILE).write_text(json.dumps(meta))
     np.save(tmp_path / "idx" / DESCRIPTORS, np.random.default_rng(0).standard_normal((10, 16)).astype(np.float32))
     argv = ["whiten", "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "W.npz"), "--dims"]
     with pytest.raises(SystemExit) as exit_:
