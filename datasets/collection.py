@@ -90,8 +90,10 @@ def _holds(path):
 def _one_line_names(paths, source):
     """``paths`` less the names a file of one path a line cannot hold, which a warning lists (``ascii``, so
     that any terminal shows them)."""
-    kept = [path for path in paths if _holds(path)]
-    left_out = [ascii(path) for path in paths if not _holds(path)]
+    kept, left_out = [], []
+    for path in paths:
+        (kept if _holds(path) else left_out).append(path)
+    left_out = [ascii(path) for path in left_out]
     if left_out:
         more = f" and {len(left_out) - SHOWN_LEFT_OUT} more" if len(left_out) > SHOWN_LEFT_OUT else ""
         log.warning("--images %s: %d files left out, their names hold a line break or are not UTF-8 (an index "
