@@ -64,8 +64,8 @@ def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
             "images": {"count": len(paths), "sha256": hashlib.sha256(images.encode()).hexdigest()}}
 
 
-def save_array(path, array):
-    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
+def save_array(path, array, dtype=np.float32):
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=dtype)))
 
 
 def _shape(path):
@@ -94,10 +94,12 @@ def _gather(obj, env):
 
 
 class FeatureStore:
-    """The feature sets under ``root`` (``<output_dir>/features``), shared by the ranks of ``env``."""
+    """The feature sets under ``root`` (``<output_dir>/features``), shared by the ranks of ``env``, stored as
+    ``dtype`` (float32; the local features of ``retrieval.local_features`` in float16)."""
 
-    def __init__(self, root, env, progress=True):
+    def __init__(self, root, env, progress=True, dtype=np.float32):
         self.root = Path(root)
+        self.dtype = dtype
         self.env = env
         self.progress = progress  # progress bars (rank 0 only)
         if env.is_main:
@@ -130,7 +132,7 @@ class FeatureStore:
         features = self._merge(name, count, dim, plan["shard_size"])
         if merge:
             self._sidecar(name).unlink(missing_ok=True)
-            save_array(self._file(name), features)
+            save_array(self._file(name), features, self.dtype)
             save_json(self._sidecar(name), {"key": key, "shape": [count, dim], "extraction_ms_per_image": ms})
             shutil.rmtree(self._shards(name))
         else:
@@ -182,12 +184,12 @@ class FeatureStore:
         with tqdm(total=images, unit="img", desc=name, disable=not (self.env.is_main and self.progress),
                   mininterval=1.0, dynamic_ncols=True) as progress:
             for k, rows in zip(mine, compute(spans, progress) if spans else (), strict=True):
-                save_array(self._shard(name, k), rows)
+                save_array(self._shard(name, k), rows, self.dtype)
         return time.perf_counter() - start_time, images
 
     def _merge(self, name, count, dim, size):
         """All shards of ``name`` in one array; every shard must be there (the ranks have finished)."""
-        features = np.empty((count, dim), dtype=np.float32)
+        features = np.empty((count, dim), dtype=self.dtype)
         for k in range(math.ceil(count / size)):
             features[k * size:(k + 1) * size] = np.load(self._shard(name, k))
         return features
