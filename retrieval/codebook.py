@@ -19,7 +19,7 @@ import numpy as np
 from datasets.collection import CollectionImages, list_images
 from datasets.gldv2 import IMAGES_DIR, resolve_gldv2_root
 from retrieval.features import feature_key, save_array
-from retrieval.local_features import LOCAL_DIM, image_features, load_local, local_key
+from retrieval.local_features import LOCAL_DIM, LocalImages, load_local, local_key
 from utils.atomic import read_json, save_json
 from utils.errors import InputError
 
@@ -95,7 +95,7 @@ def codebook(name, words, store, model, settings, env):
                          CollectionImages(paths, settings.imsize), settings, env, [1.0])
     if not env.is_main:
         return None
-    features = image_features(rows)
+    features = LocalImages(rows)
     print(f">> codebook: k-means of {sum(map(len, features))} local features of {len(paths)} images into {words} "
           "words", flush=True)
     centroids = kmeans(np.concatenate(features), words)

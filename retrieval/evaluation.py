@@ -43,7 +43,7 @@ from retrieval.codebook import codebook, read_codebook
 from retrieval.descriptor_whitening import chosen_whitening, whiten_rows
 from retrieval.extract import extract_spans, load_for_extraction
 from retrieval.features import FeatureStore, feature_key
-from retrieval.local_features import LOCAL_DIM, check_local_model, image_features, load_local
+from retrieval.local_features import LOCAL_DIM, LocalImages, check_local_model, load_local
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedSearch, ExactSearch, PQSearch, alpha_qe, dba
 from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
@@ -116,7 +116,7 @@ def descriptors(store, model, settings, env, dataset, part):
         name = f"{dataset.name if dataset.name == R1M else f'{dataset.name}_{part}'}_local"
         rows, ms = load_local(store, model, name, key, RevisitopImages(paths, settings.imsize, bbxs), settings, env,
                               settings.scales, merge=dataset.name != R1M)
-        return (None if rows is None else image_features(rows)), ms
+        return (None if rows is None else LocalImages(rows)), ms
 
     def compute(spans, progress):
         return extract_spans(model, RevisitopImages(paths, settings.imsize, bbxs), spans, dim, env.device,

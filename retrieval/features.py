@@ -10,11 +10,12 @@ Layout under ``<output_dir>/features/``::
     revisitop1m/shard_*.npy     the R1M distractors stay in shards (no second 4 GB copy); meta.json records the
                                 extraction time once every shard is there
 
-``<set>`` is ``<dataset>_db``, ``<dataset>_query`` or ``revisitop1m``. Every file is written to a temporary name
-and renamed into place, so a file that exists is complete. A sidecar is removed before its ``.npy`` is replaced
-and written after it: a run killed in between leaves no sidecar, hence no reuse of a half-updated set. A shard
-folder whose ``meta.json`` does not match the current key is emptied; shards that are there and of the right
-length are kept, the missing ones extracted.
+``<set>`` is ``<dataset>_db``, ``<dataset>_query`` or ``revisitop1m``; local features (test.py --local,
+``retrieval.local_features``) are stored alike, in float16, as ``<set>_local`` and ``codebook_images``. Every file
+is written to a temporary name and renamed into place, so a file that exists is complete. A sidecar is removed
+before its ``.npy`` is replaced and written after it: a run killed in between leaves no sidecar, hence no reuse of a
+half-updated set. A shard folder whose ``meta.json`` does not match the current key is emptied; shards that are
+there and of the right length are kept, the missing ones extracted.
 
 Under ``torchrun`` rank 0 decides what to extract and broadcasts it; the missing shards are dealt round-robin
 to the ranks, each writes its own, and rank 0 merges once all have finished (``output_dir`` must then be on a
@@ -64,7 +65,9 @@ def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
             "images": {"count": len(paths), "sha256": hashlib.sha256(images.encode()).hexdigest()}}
 
 
-def save_array(path, array, dtype=np.float32):
+def save_array(path, array):
+    """``array`` as an .npy of float32, or of float16 when it is float16 (local features), written atomically."""
+    dtype = np.float16 if array.dtype == np.float16 else np.float32
     atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=dtype)))
 
 
@@ -132,7 +135,7 @@ class FeatureStore:
         features = self._merge(name, count, dim, plan["shard_size"])
         if merge:
             self._sidecar(name).unlink(missing_ok=True)
-            save_array(self._file(name), features, self.dtype)
+            save_array(self._file(name), features)
             save_json(self._sidecar(name), {"key": key, "shape": [count, dim], "extraction_ms_per_image": ms})
             shutil.rmtree(self._shards(name))
         else:
@@ -184,7 +187,7 @@ class FeatureStore:
         with tqdm(total=images, unit="img", desc=name, disable=not (self.env.is_main and self.progress),
                   mininterval=1.0, dynamic_ncols=True) as progress:
             for k, rows in zip(mine, compute(spans, progress) if spans else (), strict=True):
-                save_array(self._shard(name, k), rows, self.dtype)
+                save_array(self._shard(name, k), rows.astype(self.dtype, copy=False))
         return time.perf_counter() - start_time, images
 
     def _merge(self, name, count, dim, size):

@@ -14,6 +14,7 @@ to ``imsize``, queries cropped to their box first, keeping their scale); one ima
 time.
 """
 
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -42,9 +43,21 @@ def unpack(row):
     return features[:int(np.argmax(np.isnan(features[:, 0])))] if np.isnan(features[-1, 0]) else features
 
 
-def image_features(rows):
-    """``unpack`` of every row of a store array (images x num_features * LOCAL_DIM): a list of (n_i, 128)."""
-    return [unpack(row) for row in rows]
+class LocalImages(Sequence):
+    """The images of a store array (images x num_features * LOCAL_DIM) as a sequence of float32 (n_i, 128)
+    arrays, each unpacked when it is read (an index: one array; a slice: a list), so that only the float16 rows
+    stay in memory."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [unpack(row) for row in self.rows[index]]
+        return unpack(self.rows[index])
 
 
 def check_local_model(model):

@@ -9,7 +9,7 @@ import pytest
 
 from retrieval.asmk import ASMKParams, ASMKSearch, stacked
 from retrieval.codebook import read_codebook
-from retrieval.local_features import image_features, pack
+from retrieval.local_features import LocalImages, pack
 from tests.conftest import DATA
 
 GOLDEN = np.load(DATA / "golden-asmk.npz")
@@ -19,7 +19,7 @@ def stored(vectors, image_ids):
     """The images' features as the store gives them back: packed float16 rows, unpacked."""
     images = [vectors[image_ids == i] for i in range(image_ids.max() + 1)]
     width = max(map(len, images))
-    return image_features(np.stack([pack(features, width) for features in images]).astype(np.float16))
+    return LocalImages(np.stack([pack(features, width) for features in images]).astype(np.float16))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_image_without_features_scores_zero_and_keeps_its_id(codebook, database,
     """An empty image in the middle and one at the end: the others keep their scores and places."""
     empty = np.zeros((0, 128), np.float32)
     index = ASMKSearch(codebook, [database[:5] + [empty] + database[5:] + [empty]], golden_params(), chunk_images=2)
-    scores = index.scores(queries + [empty])
+    scores = index.scores(list(queries) + [empty])
     full = ASMKSearch(codebook, [database], golden_params()).scores(queries)
     assert scores.shape == (len(database) + 2, len(queries) + 1)
     np.testing.assert_array_equal(scores[[5, -1]], 0)
