@@ -106,3 +106,17 @@ def test_image_ids_are_contiguous_and_increasing():
     vectors, ids = stacked(images, 10)
     assert vectors.shape == (5, 4) and vectors.dtype == np.float32
     np.testing.assert_array_equal(ids, [10, 10, 12, 12, 12])
+
+
+def test_benchmark_reports_memory_and_query_time(tmp_path):
+    from benchmarks import asmk as benchmark
+
+    report = benchmark.main(["--quick", "--images", "60", "--out", str(tmp_path / "asmk.json")])
+    row = report["row"]
+    assert row["images"] == 60 and row["quantised_images"] == 20
+    # 16 bytes of code and an 8-byte id per word entry, an 8-byte norm per image
+    assert row["bytes_per_image"] == pytest.approx(24 * row["word_entries_per_image"] + 8)
+    assert row["allocated_bytes_per_image"] >= row["bytes_per_image"]
+    assert row["query_ms"] >= row["query_quantisation_ms"] > 0
+    assert report["r1m"]["gib"] == pytest.approx(row["bytes_per_image"] * 1_001_001 / 2 ** 30)
+    assert (tmp_path / "asmk.json").is_file()
