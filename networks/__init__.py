@@ -10,8 +10,18 @@ from networks.apgem import APGeM
 from networks.arcface import ArcFace
 from networks.attention import MultiHeadAttention
 from networks.backbone import Backbone
-from networks.config import CONFIGS, APGeMConfig, DELGConfig, NetVLADConfig, RMACConfig, SOLARConfig, TokenConfig
+from networks.config import (
+    CONFIGS,
+    APGeMConfig,
+    DELGConfig,
+    HOWConfig,
+    NetVLADConfig,
+    RMACConfig,
+    SOLARConfig,
+    TokenConfig,
+)
 from networks.delg import DELG
+from networks.how import HOW, LocalFeatures
 from networks.lfsa import LFSA
 from networks.models import MODELS, build_model
 from networks.netvlad import NetVLAD
@@ -23,10 +33,10 @@ from networks.solar import SOLAR
 from networks.token import Token
 from networks.tokenizer import Tokenizer
 
-__all__ = ["APGeM", "APGeMConfig", "ArcFace", "Backbone", "CONFIGS", "DELG", "DELGConfig", "GeM", "LFSA", "MAC",
-           "MODELS", "MultiHeadAttention", "NetVLAD", "NetVLADConfig", "PCAWhitening", "RMAC", "RMACConfig",
-           "RefinementBlock", "SOLAR", "SOLARConfig", "SPoC", "Token", "TokenConfig", "Tokenizer", "build_model",
-           "load_model", "load_token"]
+__all__ = ["APGeM", "APGeMConfig", "ArcFace", "Backbone", "CONFIGS", "DELG", "DELGConfig", "GeM", "HOW", "HOWConfig",
+           "LFSA", "LocalFeatures", "MAC", "MODELS", "MultiHeadAttention", "NetVLAD", "NetVLADConfig", "PCAWhitening",
+           "RMAC", "RMACConfig", "RefinementBlock", "SOLAR", "SOLARConfig", "SPoC", "Token", "TokenConfig", "Tokenizer",
+           "build_model", "load_model", "load_token"]
 
 _FROM_WEIGHTS = ("load_model", "load_token")
 

@@ -1,10 +1,11 @@
 """One frozen config per model: the single description that its constructor, checkpoints and flags share.
 
 ``TokenConfig`` describes the paper's model (docs/FACTS.md, "The model"; ablations of Tables 3-6); ``RMACConfig``,
-``SOLARConfig``, ``DELGConfig``, ``NetVLADConfig`` and ``APGeMConfig`` the Table 1 baselines (docs/FACTS.md,
-"The baselines"). The constructor reads it, checkpoints store it (``model_config``, with the model's name under
-``"model"``), train.py's model flags are made from its fields (``add_arguments``: ``--num-tokens`` for
-``num_tokens``, ``--no-cross-attention`` for a switch that defaults to True) and the demo builds its models from it.
+``SOLARConfig``, ``DELGConfig``, ``NetVLADConfig``, ``APGeMConfig`` and ``HOWConfig`` the Table 1 baselines
+(docs/FACTS.md, "The baselines", "HOW"). The constructor reads it, checkpoints store it (``model_config``, with the
+model's name under ``"model"``), train.py's model flags are made from its fields (``add_arguments``: ``--num-tokens``
+for ``num_tokens``, ``--no-cross-attention`` for a switch that defaults to True) and the demo builds its models from
+it.
 ``CONFIGS`` maps a model's name to its config class; ``config_from_dict`` reads any checkpoint's ``model_config``.
 """
 
@@ -241,8 +242,28 @@ class APGeMConfig(ModelConfig):
     arcface_scale: float = _setting(math.sqrt(2048), "ArcFace scale s")
 
 
+@dataclass(frozen=True)
+class HOWConfig(ModelConfig):
+    """HOW local features (Tolias et al., ECCV 2020): a ResNet trunk, L2 attention, 3x3 smoothing, 1x1 reduction."""
+
+    model: ClassVar[str] = "how"
+    positive: ClassVar[tuple] = ("out_dim",)
+
+    backbone: str = _setting("resnet101", "CNN trunk", BACKBONES)
+    skip_layer: int = _setting(1, "trunk blocks dropped from the end: 1 ends at layer3 (HOW's R50/R101), 0 at layer4 "
+                                  "(HOW's R18)")
+    out_dim: int = _setting(128, "size of the local descriptors (the reduction's output) and of the global one")
+    arcface_margin: float = _setting(0.2, "ArcFace margin m")
+    arcface_scale: float = _setting(math.sqrt(128), "ArcFace scale s")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.skip_layer not in (0, 1):
+            raise ValueError(f"skip_layer must be 0 or 1, got {self.skip_layer!r}")
+
+
 CONFIGS = {config.model: config for config in (TokenConfig, RMACConfig, SOLARConfig, DELGConfig, NetVLADConfig,
-                                                APGeMConfig)}
+                                                APGeMConfig, HOWConfig)}
 
 
 def config_from_dict(settings):

@@ -2,12 +2,14 @@
 
 from networks.apgem import APGeM
 from networks.delg import DELG
+from networks.how import HOW
 from networks.netvlad import NetVLAD
 from networks.rmac import RMAC
 from networks.solar import SOLAR
 from networks.token import Token
 
-MODELS = {"token": Token, "rmac": RMAC, "solar": SOLAR, "delg": DELG, "netvlad": NetVLAD, "apgem": APGeM}
+MODELS = {"token": Token, "rmac": RMAC, "solar": SOLAR, "delg": DELG, "netvlad": NetVLAD, "apgem": APGeM,
+          "how": HOW}
 
 
 def build_model(config, num_classes=None, pretrained=True, backbone_weights=None):

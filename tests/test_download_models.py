@@ -126,4 +126,4 @@ def test_resolve_a_path_a_name_or_says_how_to_fetch_it(tmp_path):
     with pytest.raises(InputError, match="R101-Tokn not found: expected a model checkpoint file or a released model "
                                          "name .*R101-HOW"):
         zoo.resolve("R101-Tokn", tmp_path)
-    assert {r.model for r in zoo.RELEASES if r.name == "R101-HOW"} == {None}
+    assert zoo.RELEASED["R101-HOW"].model == "HOW"

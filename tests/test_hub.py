@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 
-from networks import RMAC, Token, build_model
+from networks import HOW, RMAC, Token, build_model
 from networks.config import config_from_dict
 from tests.conftest import ROOT
 from tests.http_server import Server
@@ -20,7 +20,7 @@ from weights.hub import load_released
 
 RMAC_RELEASE = zoo.RELEASED["R101-RMAC"]
 PATH = f"/uc?id={RMAC_RELEASE.drive_id}"
-NAMES = {"token_r50", "token_r101", "netvlad_r101", "rmac_r101", "solar_r101", "delg_r101", "tl_mac_r101",
+NAMES = {"token_r50", "token_r101", "netvlad_r101", "rmac_r101", "solar_r101", "delg_r101", "how_r101", "tl_mac_r101",
          "tl_gem_r101", "ap_gem_r50", "ap_gem_r101", "ap_gem_lm18_r101"}
 
 
@@ -57,7 +57,7 @@ def test_torch_hub_lists_one_entry_per_loadable_release():
     spec.loader.exec_module(hubconf)
     # torch.hub.list's rule: the module's public callables
     assert {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")} == NAMES
-    assert {release.hub_name for release in zoo.RELEASES if release.config} == NAMES  # all but R101-HOW
+    assert {release.hub_name for release in zoo.RELEASES} == NAMES
     assert all(importlib.util.find_spec(package) for package in hubconf.dependencies)
     assert "R101-RMAC" in hubconf.rmac_r101.__doc__ and all(name in hubconf.__doc__ for name in NAMES)
 
@@ -120,8 +120,9 @@ def test_a_corrupted_cache_is_fetched_again_and_a_bad_answer_is_one_line(server,
     assert "\n" not in str(differs.value) + str(html.value) and not cached.exists()
 
 
-def test_a_file_no_model_loads_has_no_entry_point(hub_dir):
-    with pytest.raises(InputError, match="R101-HOW: no model of ours loads this file"):
-        load_released("R101-HOW")
+def test_how_r101_is_hows_r101_architecture_and_an_unknown_name_is_refused(hub_dir):
+    model = load_released("R101-HOW", pretrained=False)
+    assert isinstance(model, HOW) and model.config.backbone == "resnet101" and model.config.skip_layer == 1
+    assert not hub_dir.exists()
     with pytest.raises(InputError, match="'R18-Token' is not a released model"):
         load_released("R18-Token", pretrained=False)

@@ -3,12 +3,14 @@ defined once.
 
 Read (``load_model``): the authors' released files (Token, R-MAC, SOLAR, DELG, NetVLAD: a plain state_dict in the
 released layout, docs/FACTS.md, "Released checkpoints" and "The baselines", or their training wrapper
-``{'epoch', 'state_dict', 'optim'}``), deep-image-retrieval's ``.pt`` files, DDP's ``module.`` prefix, and ours.
-Torch files load with ``weights_only=True``; a deep-image-retrieval file, whose PCA objects that refuses, is read
-again through a restricted unpickler that admits only tensors, arrays, plain data and the PCA's attributes
-(``weights.released``). Released names are mapped onto ours; the architecture is taken from ``model_config``
-when present, else inferred from the keys and shapes. A file that is missing, unreadable, holds NaN or infinite
-weights, an unusable ``model_config`` or keys that do not fit is an ``InputError`` naming it.
+``{'epoch', 'state_dict', 'optim'}``), deep-image-retrieval's ``.pt`` files, HOW's layouts (``weights.how``), DDP's
+``module.`` prefix, and ours.
+Torch files load with ``weights_only=True``; a deep-image-retrieval file, whose PCA objects that refuses, and a file
+of HOW's training code, whose history that refuses, are read again through a restricted unpickler that admits only
+tensors, arrays, plain data, the PCA's attributes and HOW's ``collections.defaultdict(list)`` (``weights.released``).
+Released names are mapped onto ours; the architecture is taken from ``model_config`` when present, else inferred
+from the keys and shapes. A file that is missing, unreadable, holds NaN or infinite weights, an unusable
+``model_config`` or keys that do not fit is an ``InputError`` naming it.
 
 Ours: every file holds ``model_state`` (``state_dict`` and ``model_config``, the config's ``to_dict`` with the
 model's name); train.py's ``last.pth`` / ``best.pth`` add what resuming needs (``training.checkpointer``). Written
@@ -29,7 +31,7 @@ from utils.atomic import atomic_write, write_error
 from utils.errors import InputError
 from utils.paths import open_regular_file
 from utils.safe_pickle import UnsafePickleError
-from weights import released, zoo
+from weights import how, released, zoo
 
 NUMPY_MAGIC = b"\x93NUMPY"
 
@@ -118,10 +120,15 @@ def read_checkpoint(path):
         extras = {"whitening": whitening, "preprocess": preprocess}
         state, original = named_tensors(raw, path, released.dirtorch_to_ours)
         state = released.dirtorch_shapes(state)
+    elif "model_config" not in obj and how.is_how(obj):
+        state, original = named_tensors(obj.get("state_dict", obj), path, how.how_to_ours)
+        return state, how.how_config(obj, state, path), original, extras
+    elif "state_dict" not in obj and not any(torch.is_tensor(value) for value in obj.values()):
+        raise released.unknown_layout(path, list(obj))
     else:
         state, original = named_tensors(obj.get("state_dict", obj), path, released.released_to_ours)
     config = obj.get("model_config") if not extras else None
-    return state, config or released.infer_config(state, path), original, extras
+    return state, config or released.infer_config(state, path, list(obj)), original, extras
 
 
 def config_of(settings, path, model=None):

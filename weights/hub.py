@@ -1,4 +1,4 @@
-"""The released models for ``torch.hub.load``: ``hubconf.py`` defines one entry point per loadable release of
+"""The released models for ``torch.hub.load``: ``hubconf.py`` defines one entry point per release of
 ``weights.zoo`` (``token_r101``, ``ap_gem_r50``, ...; ``Release.hub_name``), each made by ``entrypoint``.
 
 A first call downloads the file into ``torch.hub.get_dir()/checkpoints`` as ``python -m datasets.download models``
@@ -12,7 +12,6 @@ import torch
 
 from datasets.download.models import DRIVE_URL, fetch_release
 from networks.models import build_model
-from utils.errors import InputError
 from weights import zoo
 from weights.checkpoint import load_model
 
@@ -27,8 +26,6 @@ def load_released(name, pretrained=True, base_url=DRIVE_URL):
     ``base_url`` (Google Drive) into ``cache_dir()`` unless there, or with ``pretrained=False`` its architecture
     with random weights and no ArcFace head, downloading nothing."""
     release = zoo.release(name)
-    if release.config is None:
-        raise InputError(f"{name}: no model of ours loads this file (downloaded only)")
     if not pretrained:
         return build_model(release.config, pretrained=False).eval()
     folder = cache_dir()
@@ -51,5 +48,5 @@ def entrypoint(release):
 
 
 def entrypoints():
-    """``{hub name: entry point}`` of every release that a model of ours loads."""
-    return {release.hub_name: entrypoint(release) for release in zoo.RELEASES if release.config is not None}
+    """``{hub name: entry point}`` of every release."""
+    return {release.hub_name: entrypoint(release) for release in zoo.RELEASES}

@@ -8,8 +8,12 @@ from the keys and shapes when a file does not say it (docs/FACTS.md, "Released c
   whose PCA whitenings are scikit-learn objects. ``PICKLE_MODULE`` reads them without scikit-learn and without
   running code: the PCA class becomes ``FittedPCA``, a bag of its attributes, and nothing else but tensors, numpy
   arrays and plain data is admitted.
+- HOW's training code saves its validation history as a ``collections.defaultdict(list)``, which
+  ``weights_only=True`` refuses even where allowed (torch's unpickler fills only plain dicts); ``PICKLE_MODULE``
+  reads it as that defaultdict, its factory checked to be ``list``. HOW's layouts are ``weights.how``'s.
 """
 
+import collections
 import math
 import re
 
@@ -17,7 +21,7 @@ import numpy as np
 
 from networks.pca_whitening import PCAWhitening
 from utils.errors import InputError
-from utils.safe_pickle import restricted_pickle_module
+from utils.safe_pickle import UnsafePickleError, restricted_pickle_module
 
 # Released key prefix -> ours, first match wins.
 RELEASED_TO_OURS = [
@@ -109,15 +113,26 @@ def infer_token_config(state, path):
     return config
 
 
+def unknown_layout(path, top_level):
+    """The error for a file of no layout this code knows, naming its ``top_level`` keys."""
+    shown = ", ".join(map(repr, top_level[:8])) + (f" ... ({len(top_level)} in all)" if len(top_level) > 8 else "")
+    return InputError(f"{path}: not a model checkpoint this code knows: none of the keys that tell a model "
+                      "(Token 'tr.conv.0.weight', R-MAC / SOLAR / DELG 'whiten.weight', NetVLAD 'vlad.centroids', "
+                      "deep-image-retrieval 'fc.weight', HOW '_version', 'meta' or 'features.*'); its top-level "
+                      f"keys: {shown or 'none'}")
+
+
 def _whitened(state, model):
     out_dim = state["whiten.weight"].shape[0]
     return dict(model=model, out_dim=out_dim, arcface_scale=math.sqrt(out_dim))
 
 
-def infer_config(state, path):
+def infer_config(state, path, top_level=None):
     """The ``model_config`` of any model file without one (our names), read off its keys and shapes: the model is
     told by a key only it has (``centroids``: NetVLAD, ``soa.``: SOLAR, ``local.``: DELG, ``input_proj.``: Token,
-    ``whiten``: R-MAC, ``fc``: deep-image-retrieval's); the ArcFace scales are sqrt(descriptor size) as released."""
+    ``whiten``: R-MAC, ``fc``: deep-image-retrieval's); the ArcFace scales are sqrt(descriptor size) as released.
+    HOW's layouts are told apart before (``weights.how``). ``top_level``: the file's top-level keys, named when none
+    of these is there (default: ``state``'s)."""
     if "centroids" in state:
         centroids = state["centroids"]
         config = dict(model="netvlad", dim=centroids.shape[1], clusters=centroids.shape[2])
@@ -135,9 +150,7 @@ def infer_config(state, path):
         config = dict(model="apgem", out_dim=out_dim, pooling="gem" if "pool.p" in state else "mac",
                       arcface_scale=math.sqrt(out_dim))
     else:
-        raise InputError(f"{path}: not a model checkpoint this code knows: none of the keys that tell a model "
-                         "(Token 'tr.conv.0.weight', R-MAC / SOLAR / DELG 'whiten.weight', NetVLAD 'vlad.centroids', "
-                         "deep-image-retrieval 'fc.weight')")
+        raise unknown_layout(path, list(state) if top_level is None else top_level)
     return dict(config, backbone=infer_backbone(state, path))
 
 
@@ -153,7 +166,19 @@ class FittedPCA:
 
 
 PCA_CLASSES = [("sklearn.decomposition._pca", "PCA"), ("sklearn.decomposition.pca", "PCA")]  # sklearn >= / < 0.22
-PICKLE_MODULE = restricted_pickle_module(tensors=True, substitutes={cls: FittedPCA for cls in PCA_CLASSES})
+
+
+def history(factory):
+    """HOW's validation history, ``collections.defaultdict(list)``; any other factory is refused."""
+    if factory is not list:
+        raise UnsafePickleError(f"refuses a collections.defaultdict of {factory!r}: only HOW's defaultdict(list)")
+    return collections.defaultdict(list)
+
+
+HISTORY_CLASSES = {("collections", "defaultdict"): history, ("builtins", "list"): list,
+                   ("__builtin__", "list"): list}  # protocol 2 (torch.save's) writes Python 2's module name
+PICKLE_MODULE = restricted_pickle_module(tensors=True, substitutes={
+    **{cls: FittedPCA for cls in PCA_CLASSES}, **HISTORY_CLASSES})
 
 
 def is_deep_image_retrieval(obj):

@@ -5,13 +5,23 @@ baselines they retrained on GLDv2-clean with ArcFace) and deep-image-retrieval's
 AP-loss GeM networks). ``python -m datasets.download models [NAME ...] --dest DIR`` fetches them from Google
 Drive; ``resolve`` turns a name or a path into the file to load. Each loadable release carries the config of its
 architecture (what ``weights.released`` infers from the file's keys), so that ``hubconf.py`` builds it without the
-file.
+file; that of ``R101-HOW``, whose layout is not published, is HOW's R101 (ending at layer3, 128-d), as ``load_model``
+reads it from any of HOW's layouts (``weights.how``).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from networks.config import APGeMConfig, DELGConfig, ModelConfig, NetVLADConfig, RMACConfig, SOLARConfig, TokenConfig
+from networks.config import (
+    APGeMConfig,
+    DELGConfig,
+    HOWConfig,
+    ModelConfig,
+    NetVLADConfig,
+    RMACConfig,
+    SOLARConfig,
+    TokenConfig,
+)
 from utils.errors import InputError
 
 DRIVE_VIEW = "https://drive.google.com/file/d/{}/view"
@@ -20,14 +30,13 @@ MODELS_DIR = "models"  # where downloads go and names are looked up, unless told
 
 @dataclass(frozen=True)
 class Release:
-    """One released file. ``config``: the architecture of ours that loads it (``None``: downloaded only, not
-    loadable)."""
+    """One released file. ``config``: the architecture of ours that loads it."""
 
     name: str
     file: str
     drive_id: str
     source: str
-    config: ModelConfig | None
+    config: ModelConfig
 
     @property
     def address(self):
@@ -36,8 +45,8 @@ class Release:
 
     @property
     def model(self):
-        """The name of the model class that loads the file (``Token``, ``APGeM``, ...), or ``None``."""
-        return type(self.config).__name__.removesuffix("Config") if self.config else None
+        """The name of the model class that loads the file (``Token``, ``APGeM``, ...)."""
+        return type(self.config).__name__.removesuffix("Config")
 
     @property
     def hub_name(self):
@@ -53,7 +62,7 @@ RELEASES = (
             TokenConfig(backbone="resnet50")),
     Release("R101-Token", "R101-Token.pth", "1g_fvpaSyYn9QmzyVnoY7cDlUL7EZWbZz", _TOKEN, TokenConfig()),
     Release("R101-HOW", "R101-HOW.pth", "101DDy9aEeOK22xfL4xm2HTaeVBBSSr1k",
-            f"{_TOKEN}, rows HOW + VLAD / ASMK (HOW: Tolias et al., ECCV 2020)", None),
+            f"{_TOKEN}, rows HOW + VLAD / ASMK (HOW: Tolias et al., ECCV 2020)", HOWConfig()),
     Release("R101-NetVLAD", "R101-NetVLAD.pth", "1zESoQbza0c9hqasK8rGJCWoONMV43ekQ",
             f"{_TOKEN}, Table 1 (NetVLAD: Arandjelovic et al., CVPR 2016)", NetVLADConfig()),
     Release("R101-RMAC", "R101-RMAC.pth", "12um3mZU2kVNto3MPrZ6FmxFca_tL3Sgi",
