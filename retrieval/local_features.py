@@ -9,9 +9,9 @@ with float16) shards, resumes and reuses these rows exactly as it does global de
 (``feature_key``) plus the feature count; local shards hold at most ``LOCAL_SHARD_SIZE`` images (1,000
 descriptors an image make a row of 256 kB).
 
-Images are resized as HOW resizes them, which is the evaluation's resizing (``datasets.revisitop``: thumbnail
-to ``imsize``, queries cropped to their box first, keeping their scale); one image goes through the model at a
-time.
+Images are resized as HOW resizes them (``datasets.revisitop.how_resize``), which is the evaluation's resizing:
+thumbnail to ``imsize``, queries cropped to their box first, keeping their scale; one image goes through the model
+at a time.
 """
 
 from collections.abc import Sequence
@@ -20,13 +20,13 @@ from functools import partial
 import numpy as np
 import torch
 
+from networks.how import SCALES
 from retrieval.extract import extract_spans
 from utils.errors import InputError
 
 LOCAL_DIM = 128  # the width of HOW's local descriptors (its reduction layer), and of every codebook
 NUM_FEATURES = 1000  # local features kept per image (HOW's n = 1000)
-# HOW's test scales, the default of --scales under --local
-LOCAL_SCALES = (2.0, 1.414, 1.0, 0.707, 0.5, 0.353, 0.25)
+LOCAL_SCALES = SCALES  # HOW's test scales, the default of --scales under --local
 LOCAL_SHARD_SIZE = 500  # images per local-feature shard at most (500 x 1000 x 128 float16 = 128 MB)
 
 

@@ -1,77 +1,66 @@
-"""test.py --local asmk|vlad on the generated roxford5k-format set with R1M distractors: local features extracted
-into float16 shards, reused and resumed; a codebook trained and cached, or given; the runs "asmk" and "vlad" in
-results.json, the output and the HTML report; the one-line refusals.
-
-The model is the small Token checkpoint of tests.eval_sets with a stand-in ``forward_local`` (a fixed random
-projection of 8x8 pixel blocks, the blocks ranked by the projection's norm over the scales), so that these tests
-run without HOW; the same path with HOW itself is tested in tests/test_how*.py."""
+"""test.py --local asmk|vlad with a small HOW (resnet18, random weights) on the generated roxford5k-format set with
+R1M distractors: local features extracted into float16 shards, reused and resumed; a codebook trained and cached,
+or given; the runs "asmk" and "vlad" in results.json, the output and the HTML report; the one-line refusals."""
 
 import contextlib
 import io
 import json
-import types
-from collections import namedtuple
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from retrieval import evaluation
+from networks.how import HOW
 from retrieval.local_features import LOCAL_DIM, pack, unpack
 from tests.eval_sets import DB_SIZES, QUERIES, R1M_IMAGES, run_test
+from weights import model_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-Features = namedtuple("Features", "descriptors attentions locations scales")
-NUM = 12  # local features per image
+NUM = 12  # local features per image (a 64 px image has 16 + 4 cells at scales 1 and 0.5)
 LOCAL = ("--num-features", str(NUM), "--scales", "1", "0.5", "--shard-size", "4", "--r1m")
 
 
-def stand_in_local(model, image, scales, num_features):
-    """Local features of ``image`` (1, 3, H, W): per 8x8 block of each scale a fixed projection of its mean colours
-    and their spread to 128-d, the blocks with the largest norms first."""
-    weights = torch.Generator().manual_seed(0)
-    projection = torch.randn(6, LOCAL_DIM, generator=weights)
-    rows = []
-    for scale in scales:
-        x = image if scale == 1 else F.interpolate(image, scale_factor=scale, mode="bilinear")
-        mean = F.avg_pool2d(x, 8, ceil_mode=True)
-        spread = F.avg_pool2d(x * x, 8, ceil_mode=True) - mean ** 2
-        rows.append(torch.cat([mean, spread], 1)[0].flatten(1).T @ projection)
-    descriptors = torch.cat(rows)
-    attention = descriptors.norm(dim=1)
-    order = torch.argsort(attention, descending=True, stable=True)[:num_features]
-    n = len(order)
-    return Features(descriptors[order], attention[order] / attention.max(), torch.zeros(n, 2, dtype=torch.long),
-                    torch.ones(n))
+@pytest.fixture(scope="module")
+def how_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = HOW(backbone="resnet18", skip_layer=1, pretrained=False).eval()
+    for p in model.parameters():  # random reduction and BatchNorm too: varied descriptors
+        p.data.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("how") / "how.pth"
+    torch.save(model_state(model), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def how_inputs(eval_inputs, how_checkpoint):
+    """The generated data root and the small HOW checkpoint."""
+    return eval_inputs[0], how_checkpoint
 
 
 @pytest.fixture
 def local_model(monkeypatch):
-    """test.py's model gets the stand-in ``forward_local``; the number of forward_local calls is counted."""
+    """The forward_local calls of the test, counted."""
     calls = []
-    load = evaluation.load_for_extraction
+    forward_local = HOW.forward_local
 
-    def with_local(checkpoint, device):
-        model = load(checkpoint, device)
-        model.forward_local = types.MethodType(lambda m, *a: calls.append(1) or stand_in_local(m, *a), model)
-        return model
+    def counted(self, *args):
+        calls.append(1)
+        return forward_local(self, *args)
 
-    monkeypatch.setattr(evaluation, "load_for_extraction", with_local)
+    monkeypatch.setattr(HOW, "forward_local", counted)
     return calls
 
 
-def run(eval_inputs, output_dir, *extra):
-    data_root, checkpoint = eval_inputs
+def run(inputs, output_dir, *extra):
+    """test.py on ``inputs`` (data root, checkpoint) with the local flags: its report and printed output."""
     capture = io.StringIO()
     with contextlib.redirect_stdout(capture):
-        report = run_test(data_root, checkpoint, output_dir, *LOCAL, *extra)
+        report = run_test(*inputs, output_dir, *LOCAL, *extra)
     return report, capture.getvalue()
 
 
-def codebook_images(eval_inputs):
-    return str(Path(eval_inputs[0]) / "test" / "roxford5k" / "jpg")
+def codebook_images(inputs):
+    return str(inputs[0] / "test" / "roxford5k" / "jpg")
 
 
 def test_pack_and_unpack():
@@ -83,10 +72,10 @@ def test_pack_and_unpack():
     assert unpack(pack(features[:0], 4)).shape == (0, LOCAL_DIM)  # an image without features
 
 
-def test_asmk_run_codebook_trained_cached_and_features_reused(eval_inputs, local_model, tmp_path):
+def test_asmk_run_codebook_trained_cached_and_features_reused(how_inputs, local_model, tmp_path):
     out_dir = tmp_path / "out"
-    report, out = run(eval_inputs, out_dir, "--local", "asmk", "--asmk-words", "16", "--codebook-images",
-                      codebook_images(eval_inputs), "--report", str(tmp_path / "page.html"))
+    report, out = run(how_inputs, out_dir, "--local", "asmk", "--asmk-words", "16", "--codebook-images",
+                      codebook_images(how_inputs), "--report", str(tmp_path / "page.html"))
     features = out_dir / "features"
     db = np.load(features / "roxford5k_db_local.npy")
     assert db.dtype == np.float16 and db.shape == (len(DB_SIZES), NUM * LOCAL_DIM)
@@ -108,8 +97,8 @@ def test_asmk_run_codebook_trained_cached_and_features_reused(eval_inputs, local
     assert 'data-search="asmk"' in page and "under asmk search" in page
 
     calls = len(local_model)
-    again, out = run(eval_inputs, out_dir, "--local", "asmk", "--asmk-words", "16", "--codebook-images",
-                     codebook_images(eval_inputs))
+    again, out = run(how_inputs, out_dir, "--local", "asmk", "--asmk-words", "16", "--codebook-images",
+                     codebook_images(how_inputs))
     assert len(local_model) == calls and "extracting" not in out  # nothing extracted again
     assert ">> codebook: reusing" in out and ">> roxford5k_db_local: reusing" in out
     assert again["datasets"] == report["datasets"] | {
@@ -119,15 +108,15 @@ def test_asmk_run_codebook_trained_cached_and_features_reused(eval_inputs, local
         for name, entry in report["datasets"].items()}
 
 
-def test_truncated_local_shard_is_extracted_again(eval_inputs, local_model, tmp_path):
+def test_truncated_local_shard_is_extracted_again(how_inputs, local_model, tmp_path):
     out_dir = tmp_path / "out"
     codebook = tmp_path / "words.npy"
     np.save(codebook, np.random.default_rng(0).normal(size=(8, LOCAL_DIM)).astype(np.float32))
-    first, _ = run(eval_inputs, out_dir, "--local", "asmk", "--codebook", str(codebook))
+    first, _ = run(how_inputs, out_dir, "--local", "asmk", "--codebook", str(codebook))
     shard = out_dir / "features" / "revisitop1m_local" / "shard_00001.npy"
     kept = np.load(shard)
     shard.write_bytes(shard.read_bytes()[:1000])  # a killed copy, a full disk
-    report, out = run(eval_inputs, out_dir, "--local", "asmk", "--codebook", str(codebook))
+    report, out = run(how_inputs, out_dir, "--local", "asmk", "--codebook", str(codebook))
     assert ">> revisitop1m_local: 2 of 3 shards found, extracting the other 1" in out
     np.testing.assert_array_equal(np.load(shard), kept)
     assert report["local"]["codebook"] == str(codebook) and report["local"]["words"] == 8
@@ -135,10 +124,10 @@ def test_truncated_local_shard_is_extracted_again(eval_inputs, local_model, tmp_
         first["datasets"]["roxford5k+1M"]["runs"]["asmk"]["medium"]
 
 
-def test_vlad_runs_go_through_the_global_searches(eval_inputs, local_model, tmp_path):
+def test_vlad_runs_go_through_the_global_searches(how_inputs, local_model, tmp_path):
     codebook = tmp_path / "words.npy"
     np.save(codebook, np.random.default_rng(1).normal(size=(4, LOCAL_DIM)).astype(np.float32))
-    report, out = run(eval_inputs, tmp_path / "out", "--local", "vlad", "--codebook", str(codebook), "--qe",
+    report, out = run(how_inputs, tmp_path / "out", "--local", "vlad", "--codebook", str(codebook), "--qe",
                       "--dba", "--pq", "8", "--pq-bits", "4")
     runs = report["datasets"]["roxford5k"]["runs"]
     assert set(runs) == {"vlad", "vlad+qe", "vlad+dba", "vlad+dba+qe", "pq8x4"}
@@ -156,12 +145,12 @@ def test_vlad_runs_go_through_the_global_searches(eval_inputs, local_model, tmp_
     (("--local", "asmk", "--protocol", "dir"), "--local runs HOW's protocol"),
     (("--local", "vlad"), "no --codebook and no --codebook-images, and no GLDv2 training images"),
 ])
-def test_refusals_are_one_line(eval_inputs, local_model, tmp_path, capsys, extra, message):
+def test_refusals_are_one_line(how_inputs, local_model, tmp_path, capsys, extra, message):
     wide = tmp_path / "wide.npy"
     np.save(wide, np.zeros((4, 64), np.float32))
     extra = [str(wide) if arg == "WIDE" else arg for arg in extra]
     with pytest.raises(SystemExit) as exit_info:
-        run(eval_inputs, tmp_path / "out", *extra)
+        run(how_inputs, tmp_path / "out", *extra)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not local_model  # refused before any extraction
@@ -174,10 +163,10 @@ def test_model_without_local_features_is_refused(eval_inputs, tmp_path, capsys):
     assert exit_info.value.code == 2 and "--local needs a model with local features (HOW); Token has none" in err
 
 
-def test_missing_asmk_package_says_how_to_install(eval_inputs, local_model, tmp_path, capsys, monkeypatch):
+def test_missing_asmk_package_says_how_to_install(how_inputs, local_model, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "asmk", None)  # import asmk raises ImportError
     with pytest.raises(SystemExit):
-        run(eval_inputs, tmp_path / "out", "--local", "asmk")
+        run(how_inputs, tmp_path / "out", "--local", "asmk")
     err = capsys.readouterr().err.strip()
     assert err.endswith("pip install asmk==0.1.1 (after faiss-cpu; it builds a C extension, so a C compiler must "
                         "be there), or make setup") and len(err.splitlines()) == 1
