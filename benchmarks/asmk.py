@@ -1,5 +1,5 @@
-"""Memory per image and query time of our ASMK (test.py --local asmk) on a simulated database, and what they mean
-for R1M.
+"""Memory per image and query time of our ASMK (test.py --local-features asmk) on a simulated database, and what
+they mean for R1M.
 
     nice python -m benchmarks.asmk                    # 100k images of 1000 features, 65,536 words (~10 min)
     python -m benchmarks.asmk --images 2000 --quick   # CI-sized

@@ -1,4 +1,4 @@
-"""ASMK search of local features (test.py --local asmk) through the ``asmk`` package, the reference
+"""ASMK search of local features (test.py --local-features asmk) through the ``asmk`` package, the reference
 implementation whose numbers HOW and the Token paper report (PyPI asmk 0.1.1).
 
 Settings (HOW's, docs/evaluation.md, "Local features"): binary residuals (ASMK*), multiple assignment 1 for the

@@ -18,7 +18,7 @@ the same defaults) and calls ``evaluate_checkpoint``::
                                               output_dir="runs/demo/token/eval"))
     report["datasets"]["synthetic"]["runs"]["exact"]["medium"]["mAP"]
 
-With ``local="asmk"`` or ``"vlad"`` (test.py --local) the model's local features are evaluated instead
+With ``local="asmk"`` or ``"vlad"`` (test.py --local-features) the model's local features are evaluated instead
 (``retrieval.local_features``, ``retrieval.codebook``): ASMK through its inverted file (run ``asmk``,
 ``retrieval.asmk``), or VLAD vectors (``retrieval.vlad``) searched as global descriptors (runs ``vlad``,
 ``vlad+qe``, ``vlad+dba``, PQ...).
@@ -90,7 +90,7 @@ def load_test_sets(settings):
 
 
 def check_model(settings, model):
-    """Raise ``InputError`` for settings that the model cannot run: ``--local`` needs local features, ``--pq``
+    """Raise ``InputError`` for settings that the model cannot run: ``--local-features`` needs local features, ``--pq``
     must divide the descriptor size (VLAD's: K x 128, K of a given codebook when there is one)."""
     dim = model.config.descriptor_dim
     if settings.local is not None:

@@ -10,7 +10,7 @@ Layout under ``<output_dir>/features/``::
     revisitop1m/shard_*.npy     the R1M distractors stay in shards (no second 4 GB copy); meta.json records the
                                 extraction time once every shard is there
 
-``<set>`` is ``<dataset>_db``, ``<dataset>_query`` or ``revisitop1m``; local features (test.py --local,
+``<set>`` is ``<dataset>_db``, ``<dataset>_query`` or ``revisitop1m``; local features (test.py --local-features,
 ``retrieval.local_features``) are stored alike, in float16, as ``<set>_local`` and ``codebook_images``. Every file
 is written to a temporary name and renamed into place, so a file that exists is complete. A sidecar is removed
 before its ``.npy`` is replaced and written after it: a run killed in between leaves no sidecar, hence no reuse of a

@@ -1,4 +1,5 @@
-"""Local features of an image set (test.py --local asmk|vlad), kept in the feature store like global descriptors.
+"""Local features of an image set (test.py --local-features asmk|vlad), kept in the feature store like global
+descriptors.
 
 A model with local features (``HOW``: ``forward_local(image, scales, num_features)``, docs/FACTS.md, "Local
 features") gives each image at most ``num_features`` 128-d descriptors, taken over ``scales`` and ranked by
@@ -26,7 +27,7 @@ from utils.errors import InputError
 
 LOCAL_DIM = 128  # the width of HOW's local descriptors (its reduction layer), and of every codebook
 NUM_FEATURES = 1000  # local features kept per image (HOW's n = 1000)
-LOCAL_SCALES = SCALES  # HOW's test scales, the default of --scales under --local
+LOCAL_SCALES = SCALES  # HOW's test scales, the default of --scales under --local-features
 LOCAL_SHARD_SIZE = 500  # images per local-feature shard at most (500 x 1000 x 128 float16 = 128 MB)
 
 
@@ -63,7 +64,8 @@ class LocalImages(Sequence):
 def check_local_model(model):
     """Raise ``InputError`` when ``model`` has no local features."""
     if not callable(getattr(model, "forward_local", None)):
-        raise InputError(f"--local needs a model with local features (HOW); {model.__class__.__name__} has none")
+        raise InputError(f"--local-features needs a model with local features (HOW); {model.__class__.__name__} has "
+                         "none")
 
 
 def local_rows(model, images, scales, num_features):

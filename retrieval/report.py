@@ -2,11 +2,12 @@
 
 The page holds the mAP table of every search row of ``results.json`` (every database, every search), then, per
 database, every query sorted by its Medium AP under the database's main search (exact search of the global
-descriptors, or the ASMK or VLAD search of local features under ``--local``), worst first (queries without Medium
-positives last): the query with its box, its Easy / Medium / Hard AP and its top ``TOP`` database images framed by
-relevance (``retrieval.figures.relevance``: positive, negative or junk under the Medium protocol). Thumbnails are
-embedded as ``data:`` URIs and the style is inline, so the file opens offline with nothing else. Numbers also sit
-in ``data-*`` attributes (``data-map-medium`` on a table row, ``data-ap-medium`` on a query), for programs.
+descriptors, or the ASMK or VLAD search of local features under ``--local-features``), worst first (queries without
+Medium positives last): the query with its box, its Easy / Medium / Hard AP and its top ``TOP`` database images
+framed by relevance (``retrieval.figures.relevance``: positive, negative or junk under the Medium protocol).
+Thumbnails are embedded as ``data:`` URIs and the style is inline, so the file opens offline with nothing else.
+Numbers also sit in ``data-*`` attributes (``data-map-medium`` on a table row, ``data-ap-medium`` on a query), for
+programs.
 """
 
 import base64

@@ -125,8 +125,8 @@ def add_extraction_arguments(parser, whitening_use, model=True):
         group.add_argument("--imsize", type=IMSIZE, default=default["imsize"],
                            help="longer side of the resized database images (queries keep their scale in them)")
         group.add_argument("--scales", type=float, nargs="+", default=default["scales"],
-                           help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2; with test.py --local, "
-                                "HOW's 7 scales); each in "
+                           help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2; with test.py "
+                                "--local-features, HOW's 7 scales); each in "
                                 f"(0, {MAX_SCALE:g}]")
         group.add_argument("--amp", action="store_true",
                            help="float16 autocast on CUDA: faster; descriptors differ from float32 by its rounding")
@@ -204,14 +204,15 @@ WORDS = int_in(1, 2 ** 24)  # codebook sizes
 
 
 def add_local_arguments(parser, default):
-    """The flags of the local-feature evaluation (``--local``), as the group "local features"."""
+    """The flags of the local-feature evaluation (``--local-features``), as the group "local features"."""
     local = parser.add_argument_group("local features", "HOW's local features aggregated with ASMK or VLAD "
                                       "(docs/evaluation.md, \"Local features\")")
-    local.add_argument("--local", choices=LOCAL_METHODS, default=default["local"],
+    local.add_argument("--local-features", dest="local", choices=LOCAL_METHODS, default=default["local"],
                        help="evaluate the checkpoint's local features (a HOW model) instead of its global "
                             "descriptor: asmk (HOW's inverted file, run \"asmk\") or vlad (one global descriptor "
                             "per image, searched like the others, runs \"vlad...\"); the default --scales become "
-                            f"HOW's {' '.join(f'{s:g}' for s in LOCAL_SCALES)}")
+                            f"HOW's {' '.join(f'{s:g}' for s in LOCAL_SCALES)}. --local for short, but not under "
+                            "torchrun, which refuses it as an abbreviation of its own --local-* flags")
     local.add_argument("--num-features", type=int_in(1, 100_000), default=default["num_features"],
                        help="local features kept per image, the best by attention")
     local.add_argument("--codebook", metavar="FILE.npy", default=default["codebook"],
@@ -284,19 +285,21 @@ def check_settings(settings, env):
 
 
 def check_local(settings):
-    """Raise ``InputError`` for ``--local`` settings that cannot run: the flags that do not apply to it."""
+    """Raise ``InputError`` for ``--local-features`` settings that cannot run: the flags that do not apply to it."""
     s = settings
     if s.local is None:
         return
     if s.local not in LOCAL_METHODS:
-        raise InputError(f"--local must be one of {', '.join(LOCAL_METHODS)}, got {s.local}")
+        raise InputError(f"--local-features must be one of {', '.join(LOCAL_METHODS)}, got {s.local}")
     if s.protocol != "token":
-        raise InputError("--local runs HOW's protocol (images resized to --imsize, 7 scales): drop --protocol")
+        raise InputError("--local-features runs HOW's protocol (images resized to --imsize, 7 scales): drop "
+                         "--protocol")
     if s.whiten is not None or s.whiten_file is not None:
-        raise InputError("--local: --whiten and --whiten-file apply to the global descriptor, not to local features")
+        raise InputError("--local-features: --whiten and --whiten-file apply to the global descriptor, not to local "
+                         "features")
     if s.local == "asmk" and (s.pq is not None or s.qe or s.dba):
-        raise InputError("--local asmk searches its inverted file: --pq, --qe and --dba apply to --local vlad or "
-                         "to global descriptors only")
+        raise InputError("--local-features asmk searches its inverted file: --pq, --qe and --dba apply to "
+                         "--local-features vlad or to global descriptors only")
     if s.asmk_alpha < 0:
         raise InputError(f"--asmk-alpha must be at least 0, got {s.asmk_alpha}")
     if s.codebook is not None and not os.path.isfile(s.codebook):

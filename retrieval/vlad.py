@@ -1,4 +1,4 @@
-"""VLAD of local features (test.py --local vlad): one global descriptor per image, searched like any other.
+"""VLAD of local features (test.py --local-features vlad): one global descriptor per image, searched like any other.
 
 The DELF / Detect-to-Retrieve convention (docs/evaluation.md, "Local features"): each local descriptor x goes
 to its nearest word c_k of a (K, d) codebook (L2, hard assignment; ties to the lower index), v_k is the sum of

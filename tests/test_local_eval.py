@@ -1,10 +1,13 @@
-"""test.py --local asmk|vlad with a small HOW (resnet18, random weights) on the generated roxford5k-format set with
-R1M distractors: local features extracted into float16 shards, reused and resumed; a codebook trained and cached,
-or given; the runs "asmk" and "vlad" in results.json, the output and the HTML report; the one-line refusals."""
+"""test.py --local-features asmk|vlad with a small HOW (resnet18, random weights) on the generated roxford5k-format set
+with R1M distractors: local features extracted into float16 shards, reused and resumed; a codebook trained and
+cached, or given; the runs "asmk" and "vlad" in results.json, the output and the HTML report; the one-line refusals."""
 
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +15,8 @@ import torch
 
 from networks.how import HOW
 from retrieval.local_features import LOCAL_DIM, pack, unpack
-from tests.eval_sets import DB_SIZES, QUERIES, R1M_IMAGES, run_test
+from tests.conftest import ROOT
+from tests.eval_sets import DB_SIZES, QUERIES, R1M_IMAGES, TEST_ARGS, run_test
 from weights import model_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,7 +78,7 @@ def test_pack_and_unpack():
 
 def test_asmk_run_codebook_trained_cached_and_features_reused(how_inputs, local_model, tmp_path):
     out_dir = tmp_path / "out"
-    report, out = run(how_inputs, out_dir, "--local", "asmk", "--asmk-words", "16", "--codebook-images",
+    report, out = run(how_inputs, out_dir, "--local-features", "asmk", "--asmk-words", "16", "--codebook-images",
                       codebook_images(how_inputs), "--report", str(tmp_path / "page.html"))
     features = out_dir / "features"
     db = np.load(features / "roxford5k_db_local.npy")
@@ -97,7 +101,7 @@ def test_asmk_run_codebook_trained_cached_and_features_reused(how_inputs, local_
     assert 'data-search="asmk"' in page and "under asmk search" in page
 
     calls = len(local_model)
-    again, out = run(how_inputs, out_dir, "--local", "asmk", "--asmk-words", "16", "--codebook-images",
+    again, out = run(how_inputs, out_dir, "--local-features", "asmk", "--asmk-words", "16", "--codebook-images",
                      codebook_images(how_inputs))
     assert len(local_model) == calls and "extracting" not in out  # nothing extracted again
     assert ">> codebook: reusing" in out and ">> roxford5k_db_local: reusing" in out
@@ -112,11 +116,11 @@ def test_truncated_local_shard_is_extracted_again(how_inputs, local_model, tmp_p
     out_dir = tmp_path / "out"
     codebook = tmp_path / "words.npy"
     np.save(codebook, np.random.default_rng(0).normal(size=(8, LOCAL_DIM)).astype(np.float32))
-    first, _ = run(how_inputs, out_dir, "--local", "asmk", "--codebook", str(codebook))
+    first, _ = run(how_inputs, out_dir, "--local-features", "asmk", "--codebook", str(codebook))
     shard = out_dir / "features" / "revisitop1m_local" / "shard_00001.npy"
     kept = np.load(shard)
     shard.write_bytes(shard.read_bytes()[:1000])  # a killed copy, a full disk
-    report, out = run(how_inputs, out_dir, "--local", "asmk", "--codebook", str(codebook))
+    report, out = run(how_inputs, out_dir, "--local-features", "asmk", "--codebook", str(codebook))
     assert ">> revisitop1m_local: 2 of 3 shards found, extracting the other 1" in out
     np.testing.assert_array_equal(np.load(shard), kept)
     assert report["local"]["codebook"] == str(codebook) and report["local"]["words"] == 8
@@ -127,7 +131,7 @@ def test_truncated_local_shard_is_extracted_again(how_inputs, local_model, tmp_p
 def test_vlad_runs_go_through_the_global_searches(how_inputs, local_model, tmp_path):
     codebook = tmp_path / "words.npy"
     np.save(codebook, np.random.default_rng(1).normal(size=(4, LOCAL_DIM)).astype(np.float32))
-    report, out = run(how_inputs, tmp_path / "out", "--local", "vlad", "--codebook", str(codebook), "--qe",
+    report, out = run(how_inputs, tmp_path / "out", "--local-features", "vlad", "--codebook", str(codebook), "--qe",
                       "--dba", "--pq", "8", "--pq-bits", "4")
     runs = report["datasets"]["roxford5k"]["runs"]
     assert set(runs) == {"vlad", "vlad+qe", "vlad+dba", "vlad+dba+qe", "pq8x4"}
@@ -138,12 +142,12 @@ def test_vlad_runs_go_through_the_global_searches(how_inputs, local_model, tmp_p
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--local", "asmk", "--codebook", "WIDE"), "expected float centroids of shape (K, 128), got float32 (4, 64)"),
+    (("--local-features", "asmk", "--codebook", "WIDE"), "expected float centroids of shape (K, 128), got float32"),
     (("--local", "vlad", "--codebook", "WIDE"), "expected float centroids of shape (K, 128), got float32 (4, 64)"),
-    (("--local", "asmk", "--qe"), "--local asmk searches its inverted file"),
-    (("--local", "asmk", "--codebook", "missing.npy"), "--codebook missing.npy not found"),
-    (("--local", "asmk", "--protocol", "dir"), "--local runs HOW's protocol"),
-    (("--local", "vlad"), "no --codebook and no --codebook-images, and no GLDv2 training images"),
+    (("--local-features", "asmk", "--qe"), "--local-features asmk searches its inverted file"),
+    (("--local-features", "asmk", "--codebook", "missing.npy"), "--codebook missing.npy not found"),
+    (("--local-features", "asmk", "--protocol", "dir"), "--local-features runs HOW's protocol"),
+    (("--local-features", "vlad"), "no --codebook and no --codebook-images, and no GLDv2 training images"),
 ])
 def test_refusals_are_one_line(how_inputs, local_model, tmp_path, capsys, extra, message):
     wide = tmp_path / "wide.npy"
@@ -158,16 +162,36 @@ def test_refusals_are_one_line(how_inputs, local_model, tmp_path, capsys, extra,
 
 def test_model_without_local_features_is_refused(eval_inputs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run(eval_inputs, tmp_path / "out", "--local", "asmk")
+        run(eval_inputs, tmp_path / "out", "--local-features", "asmk")
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "--local needs a model with local features (HOW); Token has none" in err
+    assert exit_info.value.code == 2 and "needs a model with local features (HOW); Token has none" in err
 
 
 def test_missing_asmk_package_says_how_to_install(how_inputs, local_model, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "asmk", None)  # import asmk raises ImportError
     with pytest.raises(SystemExit):
-        run(how_inputs, tmp_path / "out", "--local", "asmk")
+        run(how_inputs, tmp_path / "out", "--local-features", "asmk")
     err = capsys.readouterr().err.strip()
     assert err.endswith("pip install asmk==0.1.1 (after faiss-cpu; it builds a C extension, so a C compiler must "
                         "be there), or make setup") and len(err.splitlines()) == 1
     assert not local_model
+
+
+def test_torchrun_two_processes_give_the_local_features_and_codebook_of_one(how_inputs, tmp_path):
+    flags = ["--local-features", "asmk", "--asmk-words", "16", "--codebook-images", codebook_images(how_inputs)]
+    one, _ = run(how_inputs, tmp_path / "one", *flags)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "test.py"), "--checkpoint", str(how_inputs[1]), "--data-root", str(how_inputs[0]),
+           "--datasets", "roxford5k", *TEST_ARGS, *LOCAL, *flags, "--output-dir", str(tmp_path / "two")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(">> Test Dataset: roxford5k [asmk]\n") == 1  # rank 0 alone reports
+    names = ["roxford5k_db_local.npy", "roxford5k_query_local.npy", "codebook_images.npy", "codebook-asmk-16.npy"]
+    names += [f"revisitop1m_local/shard_{k:05d}.npy" for k in range(3)]
+    for name in names:
+        np.testing.assert_allclose(np.load(tmp_path / "two" / "features" / name),
+                                   np.load(tmp_path / "one" / "features" / name), atol=1e-3, err_msg=name)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())["datasets"]
+    for name in ("roxford5k", "roxford5k+1M"):
+        assert two[name]["runs"]["asmk"]["medium"] == pytest.approx(one["datasets"][name]["runs"]["asmk"]["medium"])
