@@ -18,6 +18,11 @@ the same defaults) and calls ``evaluate_checkpoint``::
                                               output_dir="runs/demo/token/eval"))
     report["datasets"]["synthetic"]["runs"]["exact"]["medium"]["mAP"]
 
+With ``local="asmk"`` or ``"vlad"`` (test.py --local-features) the model's local features are evaluated instead
+(``retrieval.local_features``, ``retrieval.codebook``): ASMK through its inverted file (run ``asmk``,
+``retrieval.asmk``), or VLAD vectors (``retrieval.vlad``) searched as global descriptors (runs ``vlad``,
+``vlad+qe``, ``vlad+dba``, PQ...).
+
 The report is the dict that test.py writes to ``results.json``. Bad input raises ``utils.errors.InputError``
 (test.py turns it into one line and exit code 2).
 """
@@ -29,14 +34,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
 from retrieval import report as html_report
+from retrieval.asmk import ASMKParams, ASMKSearch, asmk_package
+from retrieval.codebook import codebook, read_codebook
 from retrieval.descriptor_whitening import chosen_whitening, whiten_rows
 from retrieval.extract import extract_spans, load_for_extraction
 from retrieval.features import FeatureStore, feature_key
+from retrieval.local_features import LOCAL_DIM, LocalImages, check_local_model, load_local
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedSearch, ExactSearch, PQSearch, alpha_qe, dba
 from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
+from retrieval.vlad import vlad_rows
 from utils.atomic import save_json
 from utils.distributed import DistEnv, resolve_device
 from utils.errors import InputError
@@ -79,20 +90,33 @@ def load_test_sets(settings):
 
 
 def check_model(settings, model):
-    """Raise ``InputError`` for settings that the model cannot run: ``--pq`` must divide its descriptor size."""
+    """Raise ``InputError`` for settings that the model cannot run: ``--local-features`` needs local features, ``--pq``
+    must divide the descriptor size (VLAD's: K x 128, K of a given codebook when there is one)."""
     dim = model.config.descriptor_dim
+    if settings.local is not None:
+        check_local_model(model)
+        if settings.local == "asmk":
+            asmk_package()  # one line saying how to install it, before any extraction
+        words = len(read_codebook(settings.codebook)) if settings.codebook else settings.vlad_words
+        dim = words * LOCAL_DIM
     if settings.pq is not None and dim % settings.pq:
         raise InputError(f"--pq {settings.pq} must divide the descriptor size {dim}")
 
 
 def descriptors(store, model, settings, env, dataset, part):
     """Descriptors of the ``part`` ("db" or "query") images of ``dataset`` (rank 0; None elsewhere) and the
-    extraction time per image."""
+    extraction time per image. With ``settings.local``, ``store`` holds local features (float16) and the
+    descriptors are a list of per-image (n, 128) local-feature arrays."""
     query = part == "query"
     paths = dataset.query_paths() if query else dataset.db_paths()
     bbxs = dataset.bbxs() if query else None
     key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths, bbxs)
     dim = model.config.descriptor_dim
+    if settings.local is not None:
+        name = f"{dataset.name if dataset.name == R1M else f'{dataset.name}_{part}'}_local"
+        rows, ms = load_local(store, model, name, key, RevisitopImages(paths, settings.imsize, bbxs), settings, env,
+                              settings.scales, merge=dataset.name != R1M)
+        return (None if rows is None else LocalImages(rows)), ms
 
     def compute(spans, progress):
         return extract_spans(model, RevisitopImages(paths, settings.imsize, bbxs), spans, dim, env.device,
@@ -102,16 +126,17 @@ def descriptors(store, model, settings, env, dataset, part):
     return store.load(name, key, len(paths), dim, compute, settings.shard_size, merge=dataset.name != R1M)
 
 
-def indexes(settings, database, device):
+def indexes(settings, database, device, label="exact"):
     """``(index, qe)`` for every requested search of ``database`` (a list of arrays): exact, exact with
     alpha-QE, with DBA, with both, PQ; without ``pq``, on the +1M database, also the compressed search
-    (``R1M_COMPRESSED``) that benchmarks/search.py picked."""
-    exact = ExactSearch(database)
+    (``R1M_COMPRESSED``) that benchmarks/search.py picked. ``label``: the exact search's name ("vlad" for VLAD
+    vectors), which the DBA search's extends."""
+    exact = ExactSearch(database, label=label)
     yield exact, False
     if settings.qe:
         yield exact, True
     if settings.dba:
-        augmented = ExactSearch([dba(exact.all(), settings.top_n, settings.alpha, device)], label="exact+dba")
+        augmented = ExactSearch([dba(exact.all(), settings.top_n, settings.alpha, device)], label=f"{label}+dba")
         yield augmented, False
         if settings.qe:
             yield augmented, True
@@ -158,10 +183,11 @@ def binary_size(n):
     return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.2f} MiB"
 
 
-def evaluate_database(settings, env, name, database, queries, gnd, whitening=None):
+def evaluate_database(settings, env, name, database, queries, gnd, whitening=None, label="exact"):
     """Every requested search of ``database`` (a list of arrays), reported as it is done; their summaries.
-    With ``whitening``, exact search of the whitened database and queries too (``exact+whiten``)."""
-    searches = ((index, qe, queries) for index, qe in indexes(settings, database, env.device))
+    With ``whitening``, exact search of the whitened database and queries too (``exact+whiten``). ``label``: as
+    in ``indexes``."""
+    searches = ((index, qe, queries) for index, qe in indexes(settings, database, env.device, label))
     if whitening is not None:
         whitened = ExactSearch([whiten_rows(whitening, part, settings.whiten_power) for part in database],
                               label="exact+whiten")
@@ -170,12 +196,35 @@ def evaluate_database(settings, env, name, database, queries, gnd, whitening=Non
     runs = {}
     for index, qe, index_queries in searches:
         label = index.label + ("+qe" if qe else "")
-        results, search_ms = search_and_measure(index, index_queries, gnd, qe, settings)
-        print(format_results(name if label == "exact" else f"{name} [{label}]", results))
-        print(f">> search {search_ms:.2f} ms/query, database {binary_size(index.memory_bytes)} "
-              f"({index.bytes_per_image} B/image)", flush=True)
-        runs[label] = summary(results, index, search_ms)
+        label, runs[label] = measured_run(settings, name, index, index_queries, gnd, qe)
     return runs
+
+
+def measured_run(settings, name, index, queries, gnd, qe=False):
+    """One search of ``index`` measured, printed and summarised: its label (the index's, "+qe" with ``qe``) and
+    ``summary``. The name printed is the database's, followed by the label unless it is plain exact search."""
+    label = index.label + ("+qe" if qe else "")
+    results, search_ms = search_and_measure(index, queries, gnd, qe, settings)
+    print(format_results(name if label == "exact" else f"{name} [{label}]", results))
+    print(f">> search {search_ms:.2f} ms/query, database {binary_size(index.memory_bytes)} "
+          f"({index.bytes_per_image} B/image)", flush=True)
+    return label, summary(results, index, search_ms)
+
+
+def evaluate_local(settings, env, name, database, queries, gnd, centroids):
+    """The runs of local features ``database`` (a list of parts, each a list of per-image arrays) and
+    ``queries`` over the codebook ``centroids``: ASMK (run "asmk") or VLAD (``evaluate_database`` of the VLAD
+    vectors, runs "vlad..."); and the scores of the main run, for the report."""
+    if settings.local == "vlad":
+        vectors = [vlad_rows(part, centroids) for part in database]
+        query_vectors = vlad_rows(queries, centroids)
+        runs = evaluate_database(settings, env, name, vectors, query_vectors, gnd, label="vlad")
+        return runs, ExactSearch(vectors).scores(query_vectors)
+    params = ASMKParams(settings.asmk_binary, settings.ma_db, settings.ma_query, settings.asmk_alpha,
+                        settings.asmk_tau, settings.asmk_words)
+    index = ASMKSearch(centroids, database, params)
+    label, run = measured_run(settings, name, index, queries, gnd)
+    return {label: run}, index.scores(queries)
 
 
 def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
@@ -183,16 +232,25 @@ def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
     to ``output_dir`` after each test set when ``settings.output_dir`` is set). Features are kept under
     ``output_dir/features``. Under torchrun every rank extracts its share; rank 0 alone searches and reports
     (the other ranks return a report without datasets)."""
-    whitening = chosen_whitening(model, settings.whiten, settings.whiten_file)
-    store = FeatureStore(output_dir / "features", env, settings.progress)
+    local = settings.local
+    whitening = None if local else chosen_whitening(model, settings.whiten, settings.whiten_file)
+    store = FeatureStore(output_dir / "features", env, settings.progress, np.float16 if local else np.float32)
     sections = []
     report = {"model": model.config.model, "checkpoint": str(settings.checkpoint),
               "model_config": model.config.to_dict(), "protocol": settings.protocol, "imsize": settings.imsize,
               "scales": settings.scales, "amp": settings.amp, "device": str(env.device),
               "processes": env.world_size, "datasets": {}}
+    if local:
+        words = settings.asmk_words if local == "asmk" else settings.vlad_words
+        centroids = codebook(local, words, store, model, settings, env)
+        report["local"] = {"method": local, "num_features": settings.num_features,
+                           "codebook": settings.codebook or "trained", "words": None if centroids is None
+                           else len(centroids)}
     if env.is_main:
-        print(f">> {model.__class__.__name__} ({model.config.backbone}, {model.config.descriptor_dim}-d) from "
-              f"{settings.checkpoint}, {settings.protocol} protocol", flush=True)
+        what = (f"local features, {local}" if local else
+                f"{model.config.backbone}, {model.config.descriptor_dim}-d")
+        print(f">> {model.__class__.__name__} ({what}) from {settings.checkpoint}, {settings.protocol} protocol",
+              flush=True)
     if distractors is not None:
         r1m, r1m_ms = descriptors(store, model, settings, env, distractors, "db")
     for dataset in test_sets:
@@ -204,12 +262,16 @@ def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
         if distractors is not None:
             databases[f"{dataset.name}+1M"] = ([db, r1m], {"query": query_ms, "db": db_ms, R1M: r1m_ms})
         for name, (database, extraction_ms) in databases.items():
-            runs = evaluate_database(settings, env, name, database, queries, dataset.gnd, whitening)
+            if local:
+                runs, scores = evaluate_local(settings, env, name, database, queries, dataset.gnd, centroids)
+            else:
+                runs = evaluate_database(settings, env, name, database, queries, dataset.gnd, whitening)
+                scores = ExactSearch(database).scores(queries) if settings.report is not None else None
             report["datasets"][name] = {"images": {"db": sum(map(len, database)), "query": len(queries)},
                                         "extraction_ms_per_image": extraction_ms, "runs": runs}
             if settings.report is not None:
                 db_paths = dataset.db_paths() + (distractors.db_paths() if len(database) > 1 else [])
-                sections.append(html_report.query_section(name, dataset, db_paths, queries, database))
+                sections.append(html_report.query_section(name, dataset, db_paths, scores, local or "exact"))
         if settings.output_dir is not None:
             save_json(output_dir / "results.json", report)
         if settings.report is not None:

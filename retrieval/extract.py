@@ -114,7 +114,7 @@ def _readable(items, progress):
 
 
 def extract_spans(model, images, spans, dim, device, scales=SCALES, batch_size=8, workers=4, amp=False,
-                  progress=None):
+                  progress=None, describe=multiscale_descriptor):
     """Multi-scale descriptors of the images of each ``(start, stop)`` span of a dataset of ``(tensor 3 x H x W,
     index)`` items: yields one float32 (stop - start, dim) array per span, in order, each as soon as it is done.
 
@@ -122,7 +122,8 @@ def extract_spans(model, images, spans, dim, device, scales=SCALES, batch_size=8
     (``equal_size_batches``) within a span. ``amp`` runs the model under float16 autocast (CUDA only).
     ``model`` must come from ``prepare_model``. ``progress`` (a tqdm bar) is advanced by the images done. An item
     whose tensor is None (an unreadable image of a user's collection, ``datasets.collection``) is skipped: its row
-    is NaN.
+    is NaN. ``describe(model, images, scales)`` gives the (B, dim) rows of a batch: the multi-scale descriptor, or
+    the local features of ``retrieval.local_features``.
     """
     loader = DataLoader(Subset(images, [i for start, stop in spans for i in range(start, stop)]), batch_size=None,
                         shuffle=False, num_workers=workers)
@@ -131,7 +132,7 @@ def extract_spans(model, images, spans, dim, device, scales=SCALES, batch_size=8
     try:
         for start, stop in spans:
             yield _descriptors(model, itertools.islice(items, stop - start), start, stop - start, dim, device,
-                               scales, batch_size, amp, progress)
+                               scales, batch_size, amp, progress, describe)
         # the loader's end, read here, shuts its workers down in this code rather than in the iterator's
         # destructor, where Python ignores a KeyboardInterrupt (Ctrl-C) that lands meanwhile
         next(items, None)
@@ -140,7 +141,7 @@ def extract_spans(model, images, spans, dim, device, scales=SCALES, batch_size=8
 
 
 @torch.no_grad()
-def _descriptors(model, items, start, count, dim, device, scales, batch_size, amp, progress):
+def _descriptors(model, items, start, count, dim, device, scales, batch_size, amp, progress, describe):
     """Rows ``start .. start + count`` of the descriptors, from the ``(image, index)`` items of those rows."""
     out = np.full((count, dim), np.nan, dtype=np.float32)
     for batch, indices in equal_size_batches(_readable(items, progress), batch_size):
@@ -148,7 +149,7 @@ def _descriptors(model, items, start, count, dim, device, scales, batch_size, am
         if device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            out[np.asarray(indices) - start] = multiscale_descriptor(model, batch, scales).cpu().numpy()
+            out[np.asarray(indices) - start] = describe(model, batch, scales).cpu().numpy()
         if progress is not None:
             progress.update(len(indices))
     return out

@@ -10,11 +10,12 @@ Layout under ``<output_dir>/features/``::
     revisitop1m/shard_*.npy     the R1M distractors stay in shards (no second 4 GB copy); meta.json records the
                                 extraction time once every shard is there
 
-``<set>`` is ``<dataset>_db``, ``<dataset>_query`` or ``revisitop1m``. Every file is written to a temporary name
-and renamed into place, so a file that exists is complete. A sidecar is removed before its ``.npy`` is replaced
-and written after it: a run killed in between leaves no sidecar, hence no reuse of a half-updated set. A shard
-folder whose ``meta.json`` does not match the current key is emptied; shards that are there and of the right
-length are kept, the missing ones extracted.
+``<set>`` is ``<dataset>_db``, ``<dataset>_query`` or ``revisitop1m``; local features (test.py --local-features,
+``retrieval.local_features``) are stored alike, in float16, as ``<set>_local`` and ``codebook_images``. Every file
+is written to a temporary name and renamed into place, so a file that exists is complete. A sidecar is removed
+before its ``.npy`` is replaced and written after it: a run killed in between leaves no sidecar, hence no reuse of a
+half-updated set. A shard folder whose ``meta.json`` does not match the current key is emptied; shards that are
+there and of the right length are kept, the missing ones extracted.
 
 Under ``torchrun`` rank 0 decides what to extract and broadcasts it; the missing shards are dealt round-robin
 to the ranks, each writes its own, and rank 0 merges once all have finished (``output_dir`` must then be on a
@@ -65,7 +66,9 @@ def feature_key(checkpoint, imsize, scales, amp, paths, bbxs=None):
 
 
 def save_array(path, array):
-    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32)))
+    """``array`` as an .npy of float32, or of float16 when it is float16 (local features), written atomically."""
+    dtype = np.float16 if array.dtype == np.float16 else np.float32
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=dtype)))
 
 
 def _shape(path):
@@ -94,10 +97,12 @@ def _gather(obj, env):
 
 
 class FeatureStore:
-    """The feature sets under ``root`` (``<output_dir>/features``), shared by the ranks of ``env``."""
+    """The feature sets under ``root`` (``<output_dir>/features``), shared by the ranks of ``env``, stored as
+    ``dtype`` (float32; the local features of ``retrieval.local_features`` in float16)."""
 
-    def __init__(self, root, env, progress=True):
+    def __init__(self, root, env, progress=True, dtype=np.float32):
         self.root = Path(root)
+        self.dtype = dtype
         self.env = env
         self.progress = progress  # progress bars (rank 0 only)
         if env.is_main:
@@ -182,12 +187,12 @@ class FeatureStore:
         with tqdm(total=images, unit="img", desc=name, disable=not (self.env.is_main and self.progress),
                   mininterval=1.0, dynamic_ncols=True) as progress:
             for k, rows in zip(mine, compute(spans, progress) if spans else (), strict=True):
-                save_array(self._shard(name, k), rows)
+                save_array(self._shard(name, k), rows.astype(self.dtype, copy=False))
         return time.perf_counter() - start_time, images
 
     def _merge(self, name, count, dim, size):
         """All shards of ``name`` in one array; every shard must be there (the ranks have finished)."""
-        features = np.empty((count, dim), dtype=np.float32)
+        features = np.empty((count, dim), dtype=self.dtype)
         for k in range(math.ceil(count / size)):
             features[k * size:(k + 1) * size] = np.load(self._shard(name, k))
         return features

@@ -1,11 +1,13 @@
 """test.py --report: one self-contained HTML page of an evaluation, the failures first.
 
 The page holds the mAP table of every search row of ``results.json`` (every database, every search), then, per
-database, every query sorted by its Medium AP under exact search, worst first (queries without Medium positives
-last): the query with its box, its Easy / Medium / Hard AP and its top ``TOP`` database images framed by
-relevance (``retrieval.figures.relevance``: positive, negative or junk under the Medium protocol). Thumbnails are
-embedded as ``data:`` URIs and the style is inline, so the file opens offline with nothing else. Numbers also sit
-in ``data-*`` attributes (``data-map-medium`` on a table row, ``data-ap-medium`` on a query), for programs.
+database, every query sorted by its Medium AP under the database's main search (exact search of the global
+descriptors, or the ASMK or VLAD search of local features under ``--local-features``), worst first (queries without
+Medium positives last): the query with its box, its Easy / Medium / Hard AP and its top ``TOP`` database images
+framed by relevance (``retrieval.figures.relevance``: positive, negative or junk under the Medium protocol).
+Thumbnails are embedded as ``data:`` URIs and the style is inline, so the file opens offline with nothing else.
+Numbers also sit in ``data-*`` attributes (``data-map-medium`` on a table row, ``data-ap-medium`` on a query), for
+programs.
 """
 
 import base64
@@ -19,7 +21,7 @@ from PIL import ImageDraw
 from datasets.images import load_rgb
 from retrieval.figures import FRAME, QUERY_FRAME, relevance
 from retrieval.revisited import KAPPAS, PROTOCOLS, revisited_map
-from retrieval.search import ExactSearch, top_k
+from retrieval.search import top_k
 from utils.atomic import atomic_write
 
 TOP = 10
@@ -38,19 +40,19 @@ span.legend {{ padding: 0 6px; border: 3px solid; margin-right: 6px; }}
 """ + "".join(f"figure.{kind} img {{ border-color: {color}; }}\n" for kind, color in FRAME.items())
 
 
-def query_section(name, dataset, db_paths, queries, database, top=TOP):
+def query_section(name, dataset, db_paths, scores, search="exact", top=TOP):
     """What the page shows of database ``name``: per query its image, box, Easy/Medium/Hard AP (percent, NaN
-    without positives) and top ``top`` under exact search, ``(path, score, relevance)``."""
-    scores = ExactSearch(database).scores(queries)
+    without positives) and top ``top`` under the search ``search`` whose ``scores`` (n_db x n_queries) are given,
+    ``(path, score, relevance)``."""
     results = revisited_map(scores, dataset.gnd)
     sims, ids = top_k(scores, top)
     query_paths = dataset.query_paths()
-    return {"name": name, "queries": [
+    return {"name": name, "search": search, "queries": [
         {"index": q, "path": str(query_paths[q]), "bbx": dataset.gnd[q]["bbx"],
          "ap": {p: 100 * float(results[p]["aps"][q]) for p in PROTOCOLS},
          "top": [(str(db_paths[i]), float(s), relevance(dataset.gnd[q], i)) for s, i in zip(sims[q], ids[q],
                                                                                            strict=True)]}
-        for q in range(len(queries))]}
+        for q in range(scores.shape[1])]}
 
 
 def worst_first(queries):
@@ -108,7 +110,7 @@ def _figure(src, kind, caption):
 
 def _queries(section, thumb):
     out = [f'<h2 id="{html.escape(section["name"])}">{html.escape(section["name"])}: {len(section["queries"])} '
-           "queries by Medium AP under exact search, worst first</h2>"]
+           f"queries by Medium AP under {html.escape(section['search'])} search, worst first</h2>"]
     for q in worst_first(section["queries"]):
         aps = " ".join(f"{p[0].upper()} {_number(q['ap'][p])}" for p in PROTOCOLS)
         attrs = "".join(f' data-ap-{p}="{_attr(q["ap"][p])}"' for p in PROTOCOLS)

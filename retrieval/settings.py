@@ -19,14 +19,16 @@ from datasets.revisitop import R1M
 from retrieval.descriptor_whitening import DEFAULT_POWER
 from retrieval.extract import SCALES
 from retrieval.features import SHARD_SIZE
+from retrieval.local_features import LOCAL_SCALES, NUM_FEATURES
 from retrieval.search import ALPHA, TOP_N
-from utils.checks import IMSIZE, check_flags
+from utils.checks import IMSIZE, check_flags, int_in
 from utils.errors import InputError
 from utils.paths import writable_file, writable_folder
 from weights import zoo
 from weights.zoo import MODELS_DIR, RELEASED
 
 EXTRACTION_PROTOCOLS = ("token", "dir")
+LOCAL_METHODS = ("asmk", "vlad")
 MAX_SCALE = 4.0  # the largest scale accepted: an image's side times 4 (the protocol's largest is sqrt 2)
 # what the whitening flags do, around the whitening they name
 EVAL_WHITENING = "also report exact search of descriptors whitened with {}, as a row of its own: exact+whiten"
@@ -72,6 +74,17 @@ class EvalSettings(ExtractionSettings):
     top_n: int = TOP_N
     output_dir: str | None = None  # None: a temporary folder, deleted at the end, and no results.json
     report: str | None = None  # an HTML page of the evaluation
+    local: str | None = None  # "asmk" or "vlad": evaluate the model's local features (HOW) instead
+    num_features: int = NUM_FEATURES  # local features per image
+    codebook: str | None = None  # a (K, 128) .npy of centroids; None: trained on codebook_images and cached
+    codebook_images: str | None = None  # folder or list; None: the first 20,000 GLDv2 training images
+    asmk_words: int = 65536
+    asmk_binary: bool = True
+    ma_db: int = 1
+    ma_query: int = 5
+    asmk_alpha: float = 3.0
+    asmk_tau: float = 0.0
+    vlad_words: int = 16
 
 
 def defaults(settings_class):
@@ -112,7 +125,8 @@ def add_extraction_arguments(parser, whitening_use, model=True):
         group.add_argument("--imsize", type=IMSIZE, default=default["imsize"],
                            help="longer side of the resized database images (queries keep their scale in them)")
         group.add_argument("--scales", type=float, nargs="+", default=default["scales"],
-                           help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2); each in "
+                           help="scales of the multi-scale descriptor (1, sqrt 2, 1/sqrt 2; with test.py "
+                                "--local-features, HOW's 7 scales); each in "
                                 f"(0, {MAX_SCALE:g}]")
         group.add_argument("--amp", action="store_true",
                            help="float16 autocast on CUDA: faster; descriptors differ from float32 by its rounding")
@@ -174,6 +188,7 @@ def get_args_parser():
                              "too")
     search.add_argument("--alpha", type=float, default=default["alpha"], help="alpha of alpha-QE and DBA")
     search.add_argument("--top-n", type=int, default=default["top_n"], help="neighbours that alpha-QE and DBA add")
+    add_local_arguments(parser, default)
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default=default["output_dir"],
                         help="keep features/ (reused by a rerun with the same checkpoint and settings, resumed "
@@ -183,6 +198,44 @@ def get_args_parser():
                         help="also write one self-contained HTML page: the mAP table, then every query by its "
                              "Medium AP, worst first, with its top 10 framed by relevance")
     return check_flags(parser)
+
+
+WORDS = int_in(1, 2 ** 24)  # codebook sizes
+
+
+def add_local_arguments(parser, default):
+    """The flags of the local-feature evaluation (``--local-features``), as the group "local features"."""
+    local = parser.add_argument_group("local features", "HOW's local features aggregated with ASMK or VLAD "
+                                      "(docs/evaluation.md, \"Local features\")")
+    local.add_argument("--local-features", dest="local", choices=LOCAL_METHODS, default=default["local"],
+                       help="evaluate the checkpoint's local features (a HOW model) instead of its global "
+                            "descriptor: asmk (HOW's inverted file, run \"asmk\") or vlad (one global descriptor "
+                            "per image, searched like the others, runs \"vlad...\"); the default --scales become "
+                            f"HOW's {' '.join(f'{s:g}' for s in LOCAL_SCALES)}. --local for short, but not under "
+                            "torchrun, which refuses it as an abbreviation of its own --local-* flags")
+    local.add_argument("--num-features", type=int_in(1, 100_000), default=default["num_features"],
+                       help="local features kept per image, the best by attention")
+    local.add_argument("--codebook", metavar="FILE.npy", default=default["codebook"],
+                       help="the codebook: a float32 (K, 128) array of centroids; default: trained with faiss "
+                            "k-means (10 iterations) on --codebook-images and cached in features/")
+    local.add_argument("--codebook-images", metavar="FOLDER_OR_LIST", default=default["codebook_images"],
+                       help="images whose local features (scale 1 only) train the codebook: a folder (searched "
+                            "recursively) or a text file of paths; default: the first 20,000 GLDv2 training images "
+                            "under --data-root (Google-landmark-v2/train/), in path order (HOW used SfM-120k)")
+    local.add_argument("--asmk-words", type=WORDS, default=default["asmk_words"],
+                       help="size of a trained ASMK codebook (a --codebook has its own)")
+    local.add_argument("--no-asmk-binary", dest="asmk_binary", action="store_false",
+                       help="ASMK with L2-normalised float residuals instead of binary ones (ASMK*)")
+    local.add_argument("--ma-db", type=int_in(1, 64), default=default["ma_db"],
+                       help="ASMK: words each database feature is assigned to")
+    local.add_argument("--ma-query", type=int_in(1, 64), default=default["ma_query"],
+                       help="ASMK: words each query feature is assigned to")
+    local.add_argument("--asmk-alpha", type=float, default=default["asmk_alpha"],
+                       help="ASMK selectivity exponent alpha")
+    local.add_argument("--asmk-tau", type=float, default=default["asmk_tau"],
+                       help="ASMK similarity threshold tau: word similarities below it count 0")
+    local.add_argument("--vlad-words", type=WORDS, default=default["vlad_words"],
+                       help="size of a trained VLAD codebook: descriptors of K x 128 dimensions")
 
 
 def parse_settings(argv=None):
@@ -210,6 +263,7 @@ def check_settings(settings, env):
     """Raise ``InputError`` (naming the flag) for settings that cannot run in ``env``, and for output paths that
     cannot be written (``--output-dir``, ``--report``), before any work."""
     s = settings
+    check_local(s)
     if s.protocol == "dir" and (s.imsize != EvalSettings.imsize or list(s.scales) != list(SCALES)):
         raise InputError("--protocol dir evaluates one scale at the original size: drop --imsize and --scales")
     check_extraction(s, env.device)
@@ -230,6 +284,28 @@ def check_settings(settings, env):
         writable_file(s.report, "--report")
 
 
+def check_local(settings):
+    """Raise ``InputError`` for ``--local-features`` settings that cannot run: the flags that do not apply to it."""
+    s = settings
+    if s.local is None:
+        return
+    if s.local not in LOCAL_METHODS:
+        raise InputError(f"--local-features must be one of {', '.join(LOCAL_METHODS)}, got {s.local}")
+    if s.protocol != "token":
+        raise InputError("--local-features runs HOW's protocol (images resized to --imsize, 7 scales): drop "
+                         "--protocol")
+    if s.whiten is not None or s.whiten_file is not None:
+        raise InputError("--local-features: --whiten and --whiten-file apply to the global descriptor, not to local "
+                         "features")
+    if s.local == "asmk" and (s.pq is not None or s.qe or s.dba):
+        raise InputError("--local-features asmk searches its inverted file: --pq, --qe and --dba apply to "
+                         "--local-features vlad or to global descriptors only")
+    if s.asmk_alpha < 0:
+        raise InputError(f"--asmk-alpha must be at least 0, got {s.asmk_alpha}")
+    if s.codebook is not None and not os.path.isfile(s.codebook):
+        raise InputError(f"--codebook {s.codebook} not found: expected a .npy of (K, 128) float32 centroids")
+
+
 def with_checkpoint_file(settings):
     """``settings`` with the checkpoint's file: a released name looked up in ``models_dir``."""
     return replace(settings, checkpoint=str(zoo.resolve(settings.checkpoint, settings.models_dir)))
@@ -237,6 +313,9 @@ def with_checkpoint_file(settings):
 
 def resolve(settings):
     """``settings`` as the evaluation's extraction uses them: the checkpoint's file (``with_checkpoint_file``);
-    under the ``dir`` protocol no resizing (``imsize`` None) and the one scale 1."""
+    under the ``dir`` protocol no resizing (``imsize`` None) and the one scale 1; with ``local``, HOW's scales
+    when the scales are the global default."""
     settings = with_checkpoint_file(settings)
+    if settings.local is not None and list(settings.scales) == list(SCALES):
+        return replace(settings, scales=list(LOCAL_SCALES))
     return replace(settings, imsize=None, scales=[1.0]) if settings.protocol == "dir" else settings
