@@ -6,12 +6,14 @@ live in ``weights.checkpoint``; they are re-exported here, imported on first use
 builds on this package, so importing it here, up front, would be circular.
 """
 
+from networks.aggregator import LocalAggregation, TokenAggregator
 from networks.apgem import APGeM
 from networks.arcface import ArcFace
 from networks.attention import MultiHeadAttention
 from networks.backbone import Backbone
 from networks.config import (
     CONFIGS,
+    AggregatorConfig,
     APGeMConfig,
     DELGConfig,
     HOWConfig,
@@ -33,10 +35,10 @@ from networks.solar import SOLAR
 from networks.token import Token
 from networks.tokenizer import Tokenizer
 
-__all__ = ["APGeM", "APGeMConfig", "ArcFace", "Backbone", "CONFIGS", "DELG", "DELGConfig", "GeM", "HOW", "HOWConfig",
-           "LFSA", "LocalFeatures", "MAC", "MODELS", "MultiHeadAttention", "NetVLAD", "NetVLADConfig", "PCAWhitening",
-           "RMAC", "RMACConfig", "RefinementBlock", "SOLAR", "SOLARConfig", "SPoC", "Token", "TokenConfig", "Tokenizer",
-           "build_model", "load_model", "load_token"]
+__all__ = ["APGeM", "APGeMConfig", "AggregatorConfig", "ArcFace", "Backbone", "CONFIGS", "DELG", "DELGConfig", "GeM",
+           "HOW", "HOWConfig", "LFSA", "LocalAggregation", "LocalFeatures", "MAC", "MODELS", "MultiHeadAttention",
+           "NetVLAD", "NetVLADConfig", "PCAWhitening", "RMAC", "RMACConfig", "RefinementBlock", "SOLAR", "SOLARConfig",
+           "SPoC", "Token", "TokenAggregator", "TokenConfig", "Tokenizer", "build_model", "load_model", "load_token"]
 
 _FROM_WEIGHTS = ("load_model", "load_token")
 

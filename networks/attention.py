@@ -34,10 +34,15 @@ class MultiHeadAttention(nn.Module):
         b, n, d = x.shape
         return x.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-    def forward(self, query, key, value, return_attention=False):
-        """``query`` (B, M, d) attends to ``key``/``value`` (B, N, d); returns (B, M, d) [and (B, heads, M, N)]."""
+    def forward(self, query, key, value, return_attention=False, key_mask=None):
+        """``query`` (B, M, d) attends to ``key``/``value`` (B, N, d); returns (B, M, d) [and (B, heads, M, N)].
+
+        ``key_mask`` (B, N), True for the keys that count: the others get attention 0 (every query needs one)."""
         q, k, v = self._split(self.q(query)), self._split(self.k(key)), self._split(self.v(value))
-        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        logits = q @ k.transpose(-2, -1) * self.scale
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        attn = torch.softmax(logits, dim=-1)
         out = self.attn_drop(attn) @ v
         out = self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))
         return (out, attn) if return_attention else out

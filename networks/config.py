@@ -2,10 +2,10 @@
 
 ``TokenConfig`` describes the paper's model (docs/FACTS.md, "The model"; ablations of Tables 3-6); ``RMACConfig``,
 ``SOLARConfig``, ``DELGConfig``, ``NetVLADConfig``, ``APGeMConfig`` and ``HOWConfig`` the Table 1 baselines
-(docs/FACTS.md, "The baselines", "HOW"). The constructor reads it, checkpoints store it (``model_config``, with the
-model's name under ``"model"``), train.py's model flags are made from its fields (``add_arguments``: ``--num-tokens``
-for ``num_tokens``, ``--no-cross-attention`` for a switch that defaults to True) and the demo builds its models from
-it.
+(docs/FACTS.md, "The baselines", "HOW"); ``AggregatorConfig`` Token's aggregator over local features. The
+constructor reads it, checkpoints store it (``model_config``, with the model's name under ``"model"``), train.py's
+model flags are made from its fields (``add_arguments``: ``--num-tokens`` for ``num_tokens``, ``--no-cross-attention``
+for a switch that defaults to True) and the demo builds its models from it.
 ``CONFIGS`` maps a model's name to its config class; ``config_from_dict`` reads any checkpoint's ``model_config``.
 """
 
@@ -262,8 +262,43 @@ class HOWConfig(ModelConfig):
             raise ValueError(f"skip_layer must be 0 or 1, got {self.skip_layer!r}")
 
 
+@dataclass(frozen=True)
+class AggregatorConfig(ModelConfig):
+    """Token's aggregator over the local features of a frozen extractor (the authors' Dec 2021 extension; our design,
+    docs/models.md, "The Token aggregator over local features")."""
+
+    model: ClassVar[str] = "aggregator"
+    positive: ClassVar[tuple] = ("local_dim", "num_features", "dim", "out_dim", "num_tokens", "heads")
+
+    local_dim: int = _setting(128, "width of the extractor's local descriptors")
+    num_features: int = _setting(1000, "local features per image, the extractor's best by attention over its scales "
+                                       "(cached for training, extracted at evaluation)")
+    dim: int = _setting(1024, "width d of the projected local features and of the tokens")
+    out_dim: int = _setting(1024, "size of the global descriptor")
+    num_tokens: int = _setting(4, "number of visual tokens L")
+    heads: int = _setting(8, "attention heads; must divide --dim")
+    refinement_blocks: int = _setting(2, "refinement blocks (self-attention, then cross-attention to the features)")
+    dropout: float = _setting(0.1, "dropout in attention")
+    arcface_margin: float = _setting(0.2, "ArcFace margin m")
+    arcface_scale: float = _setting(32.0, "ArcFace scale s")
+
+    @property
+    def backbone(self):
+        """What the model reads, in the place of the other models' CNN trunk."""
+        return f"{self.local_dim}-d local features"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.refinement_blocks < 0:
+            raise ValueError("refinement_blocks must be at least 0")
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("dropout must lie in [0, 1)")
+
+
 CONFIGS = {config.model: config for config in (TokenConfig, RMACConfig, SOLARConfig, DELGConfig, NetVLADConfig,
-                                                APGeMConfig, HOWConfig)}
+                                                APGeMConfig, HOWConfig, AggregatorConfig)}
 
 
 def config_from_dict(settings):

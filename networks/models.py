@@ -1,5 +1,6 @@
 """Every model by name: ``MODELS`` (name -> class) and ``build_model(config)``, the model a config describes."""
 
+from networks.aggregator import TokenAggregator
 from networks.apgem import APGeM
 from networks.delg import DELG
 from networks.how import HOW
@@ -9,7 +10,7 @@ from networks.solar import SOLAR
 from networks.token import Token
 
 MODELS = {"token": Token, "rmac": RMAC, "solar": SOLAR, "delg": DELG, "netvlad": NetVLAD, "apgem": APGeM,
-          "how": HOW}
+          "how": HOW, "aggregator": TokenAggregator}
 
 
 def build_model(config, num_classes=None, pretrained=True, backbone_weights=None):

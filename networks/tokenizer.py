@@ -2,7 +2,8 @@
 
 For each position n the logits A[i, n] = c_i . x_n against L centres c_i are turned into a **softmax over the
 L tokens** (each position shares itself among the tokens; docs/FACTS.md, "The model"), and token i = sum_n A[i, n] x_n,
-followed by Linear(d, d) and LayerNorm(d).
+followed by Linear(d, d) and LayerNorm(d). A ``mask`` (B, N) marks the positions that count (the padded sets of
+local features of ``networks.aggregator``): the others get weight 0 in every token.
 
 ``kind`` selects where the centres come from, the tokenizer ablation of Table 5:
 - ``"attention"`` (the paper's): learned queries, logits are the plain dot products above;
@@ -34,14 +35,16 @@ class Tokenizer(nn.Module):
             self.register_buffer("ema_centres", centres)
         self.proj = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
 
-    def assignment(self, x):
-        """Soft assignment (B, L, N) of the N local features in ``x`` (B, N, d) to the L tokens."""
+    def assignment(self, x, mask=None):
+        """Soft assignment (B, L, N) of the N local features in ``x`` (B, N, d) to the L tokens; 0 where ``mask``
+        (B, N) is False."""
         if self.kind == "attention":
             logits = self.queries @ x.transpose(1, 2)
         else:
             centres = self.centres if self.kind == "learned" else self.ema_centres.clone()  # updated in place
             logits = -torch.cdist(centres.expand(x.shape[0], -1, -1), x).square()
-        return torch.softmax(logits, dim=1)
+        attn = torch.softmax(logits, dim=1)
+        return attn if mask is None else attn * mask[:, None, :]
 
     @torch.no_grad()
     def _update_centres(self, attn, x):
@@ -49,9 +52,10 @@ class Tokenizer(nn.Module):
         batch_mean = torch.einsum("bln,bnd->ld", attn, x) / mass
         self.ema_centres.mul_(self.momentum).add_((1 - self.momentum) * batch_mean[None].to(self.ema_centres))
 
-    def forward(self, x):
-        """``x``: local features (B, N, d) -> tokens (B, L, d) and the assignment (B, L, N)."""
-        attn = self.assignment(x)
+    def forward(self, x, mask=None):
+        """``x``: local features (B, N, d) -> tokens (B, L, d) and the assignment (B, L, N); ``mask`` (B, N): the
+        features that count (default: all)."""
+        attn = self.assignment(x, mask)
         if self.kind == "vq" and self.training:
             self._update_centres(attn, x)
         return self.proj(attn @ x), attn

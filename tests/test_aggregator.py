@@ -1,0 +1,68 @@
+"""networks.aggregator: Token's aggregator over padded sets of local features; padding has no influence."""
+
+import pytest
+import torch
+
+from networks import CONFIGS, AggregatorConfig, TokenAggregator, build_model
+from networks.aggregator import valid_rows
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = dict(local_dim=8, num_features=10, dim=16, out_dim=12, num_tokens=3, heads=2)
+
+
+def model(**settings):
+    torch.manual_seed(0)
+    return TokenAggregator(**{**SMALL, **settings}).eval()
+
+
+def padded(counts, n=10, c=8, seed=0):
+    """Sets of ``counts`` features (B, n, c), the other rows NaN."""
+    x = torch.randn(len(counts), n, c, generator=torch.Generator().manual_seed(seed))
+    for row, count in zip(x, counts, strict=True):
+        row[count:] = float("nan")
+    return x
+
+
+def test_shapes_and_unit_length():
+    aggregator = model()
+    x = padded([10, 4, 1])
+    out = aggregator.forward_test(x)
+    assert out.shape == (3, 12)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+    tokens, assignment, cross = aggregator.tokens(x.nan_to_num(), valid_rows(x))
+    assert tokens.shape == (3, 3, 16) and assignment.shape == (3, 3, 10) and cross.shape == (3, 2, 3, 10)
+    assert CONFIGS["aggregator"] is AggregatorConfig
+    assert isinstance(build_model(AggregatorConfig(**SMALL), num_classes=5), TokenAggregator)
+
+
+def test_padded_values_have_no_influence():
+    aggregator = model()
+    x = padded([10, 4, 1])
+    mask = valid_rows(x)
+    reference = aggregator.forward_test(x)
+    for fill in (0.0, 1e4, float("inf")):
+        changed = torch.where(mask[..., None], x, torch.full_like(x, fill))
+        assert torch.equal(aggregator.forward_test(changed, mask), reference)
+    noise = torch.where(mask[..., None], x, torch.randn_like(x))
+    assert torch.equal(aggregator.forward_test(noise, mask), reference)
+    _, assignment, cross = aggregator.tokens(x.nan_to_num(), mask)
+    assert not assignment[~mask[:, None, :].expand_as(assignment)].any()
+    assert not cross.permute(0, 2, 3, 1)[~mask[:, None, :].expand(-1, 3, -1)].any()
+    # a set alone gives the descriptor it gets in a batch, however much padding follows it
+    alone = aggregator.forward_test(x[1:2, :4])
+    torch.testing.assert_close(alone, reference[1:2])
+
+
+def test_a_set_without_features_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"at least one valid local feature; set\(s\) \[1\] have none"):
+        model().forward_test(padded([3, 0]))
+
+
+def test_it_trains_through_the_arcface_head():
+    torch.manual_seed(0)
+    aggregator = TokenAggregator(**SMALL, num_classes=4).train()
+    loss, logits = aggregator(padded([10, 5, 2, 7]), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert logits.shape == (4, 4) and torch.isfinite(loss)
+    assert aggregator.input_proj[0].weight.grad.abs().sum() > 0
