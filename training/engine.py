@@ -30,9 +30,9 @@ def memory_format(device):
 
 def to_device(images, env, augment=None):
     """A batch on ``env.device`` in its memory format, made float, augmented by ``augment`` and normalised there
-    when it comes uint8 (``datasets.transforms.on_device``)."""
+    when it comes uint8 (``datasets.transforms.on_device``); sets of local features (B, n, c) as they are."""
     images = on_device(images.to(env.device, non_blocking=True), augment)
-    return images.to(memory_format=memory_format(env.device))
+    return images.to(memory_format=memory_format(env.device)) if images.ndim == 4 else images
 
 
 def derived_seed(*keys):
@@ -93,15 +93,16 @@ def buffers_kept(model):
 
 def blank_backward(model, ddp_model, scaler, args, env):
     """This rank's part in the DDP gradient all-reduce of a micro-batch it skips: DDP's reducer only counts a
-    backward that follows a forward of the wrapper, on every rank. The forward takes blank images with the buffers
-    put back after it; the backward is of zero times the loss and every trained parameter, so every gradient hook
-    fires with zeros. Under SyncBatchNorm (GPUs) the blank images still enter that forward's batch statistics of
-    the other ranks."""
-    images = torch.zeros(MIN_BATCH, 3, args.imsize, args.imsize, device=env.device)
+    backward that follows a forward of the wrapper, on every rank. The forward takes blank images (zero local
+    features for the aggregator) with the buffers put back after it; the backward is of zero times the loss and every
+    trained parameter, so every gradient hook fires with zeros. Under SyncBatchNorm (GPUs) the blank images still
+    enter that forward's batch statistics of the other ranks."""
+    shape = (args.num_features, args.local_dim) if args.model == "aggregator" else (3, args.imsize, args.imsize)
+    images = torch.zeros(MIN_BATCH, *shape, device=env.device)
     labels = torch.zeros(MIN_BATCH, dtype=torch.int64, device=env.device)
     with buffers_kept(model):  # after the backward too: BatchNorm's saves its running statistics for it
         with torch.autocast(env.device.type, dtype=AMP_DTYPES[args.amp], enabled=args.amp != "none"):
-            loss, _ = ddp_model(images.to(memory_format=memory_format(env.device)), labels)
+            loss, _ = ddp_model(to_device(images, env), labels)
         every_parameter = sum(p.sum() for p in model.parameters() if p.requires_grad)
         scaler.scale(0.0 * (loss.float() + every_parameter)).backward()
 

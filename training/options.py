@@ -11,15 +11,17 @@ import math
 import os
 
 from networks.config import CONFIGS
+from retrieval.local_features import LOCAL_DIM
 from training.engine import AMP_DTYPES, MIN_BATCH
 from utils import checks
 from utils.errors import InputError
 from utils.paths import writable_folder
 
 # Flags that may change when resuming (e.g. a lower --lr or --clip-grad after a NaN); all others must match.
+# --extractor may move: the checkpoint's record of its bytes is checked instead (training.run).
 MAY_CHANGE_ON_RESUME = {"epochs", "lr", "clip_grad", "amp", "resume", "output_dir", "data_root", "cache_dir", "workers",
                         "device", "save_every", "log_every", "progress", "pretrained", "backbone_weights",
-                        "init_images"}
+                        "init_images", "extractor"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -56,7 +58,8 @@ def get_args_parser(model="token"):
     data.add_argument("--val-fraction", type=float, default=0.2, help="share of each landmark's images for val")
     data.add_argument("--split-seed", type=checks.SEED, default=0, help="seed of the train/val split")
     data.add_argument("--imsize", type=checks.IMSIZE, default=512,
-                      help="training crop and val centre-crop size (pixels)")
+                      help="training crop and val centre-crop size (pixels); --model aggregator: the longer side "
+                           "that the images are thumbnailed to before the extractor takes their local features")
     data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                       help="DataLoader processes per rank (0: load images in the training process)")
 
@@ -84,10 +87,19 @@ def get_args_parser(model="token"):
                            help="the first N train images whose local features (top 1000 by attention, scale 1, "
                                 "thumbnailed to --imsize) initialise the reduction layer by PCA whitening, as HOW "
                                 "does; the layer is then frozen (not used on --resume)")
-    group.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                       help="random backbone instead of ImageNet weights")
-    group.add_argument("--backbone-weights", metavar="PATH", default=None,
-                       help="ImageNet weights file of the backbone (default: torchvision's, from the hub cache)")
+    if model == "aggregator":
+        group.add_argument("--extractor", metavar="CKPT", default=None,
+                           help="required: the frozen model whose local features the aggregator learns to aggregate "
+                                "(a HOW checkpoint); they are extracted once into --output-dir/features/ and the "
+                                "checkpoints record the file (path, size, SHA-256), which test.py then loads")
+        group.add_argument("--keep-min", type=float, default=0.5,
+                           help="augmentation: each training image keeps a random subset of its cached local "
+                                "features, a fraction drawn uniformly in [KEEP_MIN, 1] (1: all of them)")
+    else:
+        group.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                           help="random backbone instead of ImageNet weights")
+        group.add_argument("--backbone-weights", metavar="PATH", default=None,
+                           help="ImageNet weights file of the backbone (default: torchvision's, from the hub cache)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=30,
@@ -167,6 +179,8 @@ def check_args(args, env):
     if args.batch_size % share or args.batch_size < MIN_BATCH * share:
         raise InputError(f"--batch-size {args.batch_size} must be a multiple of {share} (processes x --update-every) "
                          f"and at least {MIN_BATCH * share}, so that each micro-batch has {MIN_BATCH}+ images")
+    if args.model == "aggregator":
+        check_aggregator_args(args)
     if args.nesterov and args.momentum <= 0:
         raise InputError("Nesterov momentum needs --momentum > 0 (or pass --no-nesterov)")
     try:
@@ -174,6 +188,15 @@ def check_args(args, env):
     except ValueError as err:
         raise InputError(f"model settings: {err}") from None
     return args.batch_size // share
+
+
+def check_aggregator_args(args):
+    if args.extractor is None:
+        raise InputError("--model aggregator needs --extractor CKPT: the model whose local features it aggregates")
+    if not 0 < args.keep_min <= 1:
+        raise InputError(f"--keep-min {args.keep_min}: expected a fraction in (0, 1]")
+    if args.local_dim != LOCAL_DIM:
+        raise InputError(f"--local-dim {args.local_dim}: the cached local features are {LOCAL_DIM}-d")
 
 
 def check_paths(args):

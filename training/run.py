@@ -5,7 +5,9 @@ Every epoch: train, then the val split's ArcFace loss (with the margin, as train
 plain cosine logits (no margin: the class a retrieval descriptor is nearest to); a row in metrics.csv, the plot
 training_curves.png, last.pth, and best.pth when the val top-1 error is the lowest so far (never with an empty
 val split, whose metrics are nan). An epoch in which no training image was readable stops the run (InputError).
-HOW's reduction layer is initialised first (``training.reduction_init``), unless the run resumes.
+HOW's reduction layer is initialised first (``training.reduction_init``), unless the run resumes. The aggregator
+(--model aggregator) trains on the cached local features of its --extractor (``training.local_cache``) instead of
+images; its checkpoints record that file (``weights.checkpoint.extractor_record``).
 """
 
 import logging
@@ -24,22 +26,28 @@ from datasets.transforms import train_loader_transform, val_transform
 from networks import build_model
 from training.checkpointer import Checkpointer, find_resume, load_training_state
 from training.engine import derived_seed, memory_format, seed_rng, train_one_epoch, validate
+from training.local_cache import local_feature_sets
 from training.optim import build_optimizer, lr_factor
 from training.options import check_args, check_paths, check_resume_args, model_config
 from training.reduction_init import initialise_reduction
 from utils.distributed import ShardSampler, TrainSampler, main_process_first
 from utils.errors import InputError
 from utils.training_log import plot_training_curves, write_metrics_row
+from weights.checkpoint import extractor_record
 
 log = logging.getLogger("train")
 
 
 def build_data(args, env, micro_batch):
-    """The GLDv2 split and its train/val loaders; the train sampler yields whole optimizer steps only."""
+    """The GLDv2 split and its train/val loaders; the train sampler yields whole optimizer steps only. The
+    aggregator's data are the local features of the images, cached in --output-dir first."""
     with main_process_first(env):  # rank 0 builds the split cache, the others read it
         split = load_gldv2(args.data_root, args.csv, args.split_seed, args.val_fraction, args.cache_dir)
-    train_set = LandmarkImages(split.train, split.root, train_loader_transform(args, env.device))
-    val_set = LandmarkImages(split.val, split.root, val_transform(args.imsize))
+    if args.model == "aggregator":
+        train_set, val_set = local_feature_sets(args, env, split, Path(args.output_dir))
+    else:
+        train_set = LandmarkImages(split.train, split.root, train_loader_transform(args, env.device))
+        val_set = LandmarkImages(split.val, split.root, val_transform(args.imsize))
     sampler = TrainSampler(train_set, env, args.seed, micro_batch * args.update_every)
     if not len(sampler):
         raise InputError(f"the train split has {len(train_set)} images, fewer than one step of --batch-size "
@@ -56,8 +64,8 @@ def build_training_model(args, num_classes, env):
     """The --model with an ArcFace head on ``env.device``; channels-last and SyncBatchNorm on GPUs."""
     torch.manual_seed(args.seed)
     with main_process_first(env):  # rank 0 downloads the ImageNet weights, the others read the cache
-        model = build_model(model_config(args), num_classes=num_classes, pretrained=args.pretrained,
-                            backbone_weights=args.backbone_weights)  # the settings passed check_args
+        model = build_model(model_config(args), num_classes=num_classes, pretrained=getattr(args, "pretrained", False),
+                            backbone_weights=getattr(args, "backbone_weights", None))  # they passed check_args
     if getattr(model, "frozen_backbone", False):
         log.info("the %s trunk is frozen (%s weights): only the layers after it train", args.model,
                  "ImageNet" if args.pretrained else "random, --no-pretrained")
@@ -75,6 +83,15 @@ def check_resume_data(resumed, path, split, steps_per_epoch, data_root):
     if resumed["steps_per_epoch"] != steps_per_epoch:
         raise InputError(f"--resume {path}: {resumed['steps_per_epoch']} steps an epoch there, {steps_per_epoch} "
                          "now: the train split or the batch size changed")
+
+
+def check_resume_extractor(resumed, path, record):
+    """An aggregator resumes on the local features of the extractor it was trained on (the same bytes)."""
+    recorded = resumed.get("extractor") or {}
+    if recorded.get("sha256") != record["sha256"]:
+        raise InputError(f"--resume {path}: trained on the local features of {recorded.get('path')}, --extractor "
+                         f"{record['path']} is another file (SHA-256 differs): resume with the extractor it was "
+                         "trained on")
 
 
 def restore(resumed, model, optimizer, scaler, lr):
@@ -100,6 +117,9 @@ def train(args, env):
     resumed = load_training_state(resume_path) if resume_path else None
     if resumed:
         check_resume_args(resumed, vars(args), resume_path)
+    record = extractor_record(args.extractor) if args.model == "aggregator" else None
+    if resumed and record:
+        check_resume_extractor(resumed, resume_path, record)
 
     split, train_loader, val_loader = build_data(args, env, micro_batch)
     steps_per_epoch = len(train_loader) // args.update_every
@@ -112,6 +132,8 @@ def train(args, env):
     output_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_training_model(args, split.num_classes, env)
+    if record:
+        model.extractor_record = record  # written into its checkpoints (weights.model_state)
     if args.model == "how" and not resumed:
         initialise_reduction(model, split.train[:args.init_images], split.root, args, env)
     optimizer = build_optimizer(model, args)

@@ -17,6 +17,7 @@ model's name); train.py's ``last.pth`` / ``best.pth`` add what resuming needs (`
 by ``save_checkpoint``: whole or not at all.
 """
 
+import hashlib
 import os
 import pickle
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from networks.aggregator import LocalAggregation
 from networks.config import TokenConfig, config_from_dict
 from networks.models import build_model
 from utils.atomic import atomic_write, write_error
@@ -109,7 +111,8 @@ def read_checkpoint(path):
     or one inferred from the keys) and a map from our names back to the names in the file (for error messages).
 
     A deep-image-retrieval file also gives its whitenings and preprocessing: ``extras`` =
-    ``{"whitening": ..., "preprocess": ...}`` (empty for any other file).
+    ``{"whitening": ..., "preprocess": ...}``; an aggregator's, the record of its extractor: ``{"extractor": ...}``
+    (``extractor_record``); empty for any other file.
     """
     obj = read_file(path, "a model checkpoint (.pth, or a deep-image-retrieval .pt)", released.PICKLE_MODULE)
     if not isinstance(obj, dict):
@@ -128,6 +131,8 @@ def read_checkpoint(path):
     else:
         state, original = named_tensors(obj.get("state_dict", obj), path, released.released_to_ours)
     config = obj.get("model_config") if not extras else None
+    if "extractor" in obj:  # an aggregator's: the extractor it was trained on
+        extras = {"extractor": obj["extractor"]}
     return state, config or released.infer_config(state, path, list(obj)), original, extras
 
 
@@ -176,11 +181,15 @@ def load_model(path, models_dir=zoo.MODELS_DIR):
     whitenings in ``model.whitening``, a dict name -> ``PCAWhitening``) or a checkpoint of ours. ``path`` may
     also be a released model's name (``weights.zoo``, e.g. ``R101-SOLAR``), looked up in ``models_dir``.
 
-    The ArcFace classifier is loaded when the file has one (``model.arcface``), else left out.
+    The ArcFace classifier is loaded when the file has one (``model.arcface``), else left out. An aggregator's file
+    (train.py --model aggregator) gives a ``networks.LocalAggregation``: the aggregator behind the extractor that the
+    file records (``load_extractor``).
     """
     path = zoo.resolve(path, models_dir)
     state, settings, original, extras = read_checkpoint(path)
     model = _build_and_load(config_of(settings, path), state, original, path)
+    if model.config.model == "aggregator":
+        return LocalAggregation(load_extractor(extras.pop("extractor", None), path), model)
     for name, value in extras.items():
         setattr(model, name, value)
     return model
@@ -205,8 +214,53 @@ def _read_token(path):
 
 
 def model_state(model):
-    """What every checkpoint of ours holds about the model: its weights and its ``TokenConfig``."""
-    return {"state_dict": model.state_dict(), "model_config": model.config.to_dict()}
+    """What every checkpoint of ours holds about the model: its weights and its config; an aggregator's also the
+    record of its extractor (``model.extractor_record``, set by train.py)."""
+    record = getattr(model, "extractor_record", None)
+    return {"state_dict": model.state_dict(), "model_config": model.config.to_dict(),
+            **({"extractor": record} if record else {})}
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extractor_record(path):
+    """What an aggregator's checkpoint records of the extractor of its local features: the file's absolute path,
+    its size and the SHA-256 of its bytes (the same weights copied elsewhere keep it; retrained ones do not)."""
+    if not os.path.isfile(path):
+        raise InputError(f"--extractor {path}: not found; expected a model file with local features (HOW)")
+    return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
+def find_extractor(record, path):
+    """The file of the extractor that aggregator checkpoint ``path`` records: at its recorded path, else of the same
+    name beside the checkpoint; an ``InputError`` when it is in neither place or its bytes differ."""
+    if not (isinstance(record, dict) and isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)):
+        raise InputError(f"{path}: an aggregator checkpoint without the record of its extractor (train.py --model "
+                         "aggregator writes one); it cannot be evaluated")
+    places = [Path(record["path"]), Path(path).parent / Path(record["path"]).name]
+    found = next((place for place in places if place.is_file()), None)
+    if found is None:
+        raise InputError(f"{path}: its extractor {record['path']} is missing (nor beside the checkpoint); the "
+                         "aggregator reads that file's local features: put it back")
+    digest = file_sha256(found)
+    if digest != record["sha256"]:
+        raise InputError(f"{path}: its extractor {found} differs from the one it was trained on (SHA-256 "
+                         f"{digest[:12]}..., recorded {record['sha256'][:12]}...): it aggregates that one's features")
+    return found
+
+
+def load_extractor(record, path):
+    """The extractor model that aggregator checkpoint ``path`` records (``find_extractor``), in eval mode."""
+    extractor = load_model(find_extractor(record, path))
+    if not callable(getattr(extractor, "forward_local", None)):
+        raise InputError(f"{path}: its extractor {record['path']} has no local features")
+    return extractor
 
 
 def save_checkpoint(obj, path):

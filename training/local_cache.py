@@ -1,0 +1,124 @@
+"""The training data of ``train.py --model aggregator``: the local features of a frozen extractor, extracted once.
+
+Every train and val image is resized as HOW's evaluation resizes a database image (thumbnail to ``--imsize``), and the
+extractor's ``forward_local`` keeps its ``--num-features`` best local features over HOW's 7 scales
+(``retrieval.local_features``: the same extraction as test.py --local-features). They are kept in float16 shards of
+the feature store (``retrieval.features``) under ``<output-dir>/features/train_local/`` and ``val_local/``: shared by
+the ranks, resumed after an interruption, reused by a later run while the extractor file, ``--imsize``,
+``--num-features`` and the image files are the same. The shards are not merged (the full GLDv2 at 1,000 features
+would be 405 GB): training reads their rows through memory maps (``ShardRows``).
+
+Augmentation (``--keep-min``): each training set keeps a random subset of its features, a fraction drawn uniformly in
+[keep_min, 1] (at least one feature), in their order; val sets keep all.
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from datasets.collection import CollectionImages
+from retrieval.extract import extract_spans, load_for_extraction
+from retrieval.features import FeatureStore, feature_key
+from retrieval.local_features import LOCAL_DIM, LOCAL_SCALES, LOCAL_SHARD_SIZE, check_local_model, local_key, local_rows
+from utils.atomic import read_json
+
+log = logging.getLogger("train")
+
+FLOAT16_BYTES = 2
+
+
+class ShardStore(FeatureStore):
+    """A float16 feature store whose sets stay in their shards: ``load(..., merge=False)`` extracts or reuses them
+    without reading them into memory (it returns None); ``rows`` reads them."""
+
+    def __init__(self, root, env, progress=True):
+        super().__init__(root, env, progress, np.float16)
+
+    def _merge(self, name, count, dim, size):
+        return None
+
+    def rows(self, name, count):
+        """The ``count`` rows of set ``name``, once every shard is written."""
+        size = read_json(self._shards(name) / "meta.json")["shard_size"]
+        return ShardRows([self._shard(name, k) for k in range(math.ceil(count / size))], size, count)
+
+
+class ShardRows(Sequence):
+    """The rows of a set kept in shards of ``size`` rows, each shard memory-mapped when first read."""
+
+    def __init__(self, paths, size, count):
+        self.paths, self.size, self.count = paths, size, count
+        self.maps = [None] * len(paths)
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        k, row = divmod(index, self.size)
+        if self.maps[k] is None:
+            self.maps[k] = np.load(self.paths[k], mmap_mode="r")
+        return self.maps[k][row]
+
+
+class CachedLocalFeatures(Dataset):
+    """``(features (num_features, 128) float32, NaN after the kept ones, label)`` for each image of ``rows``; None
+    for an image without features (unreadable when cached), which the loader skips. ``keep_min`` < 1: a random
+    subset of each set (the module's augmentation), drawn with torch's generator."""
+
+    def __init__(self, rows, labels, keep_min=1.0):
+        self.rows = rows
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.keep_min = keep_min
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        x = torch.from_numpy(np.asarray(self.rows[index], dtype=np.float32).reshape(-1, LOCAL_DIM))
+        count = int((~x[:, 0].isnan()).sum())  # the store keeps an image's features first, then NaN rows
+        if not count:
+            return None
+        if self.keep_min < 1:
+            fraction = self.keep_min + (1 - self.keep_min) * torch.rand(()).item()
+            keep = torch.randperm(count)[:max(1, math.ceil(fraction * count))].sort().values
+            x = torch.cat([x[keep], x.new_full((len(x) - len(keep), LOCAL_DIM), float("nan"))])
+        return x, int(self.labels[index])
+
+
+def local_feature_sets(args, env, split, output_dir):
+    """The train and val ``CachedLocalFeatures`` of ``split`` by the extractor ``args.extractor``, extracted first
+    when they are not cached under ``output_dir/features``."""
+    sets = {"train_local": split.train, "val_local": split.val}
+    width = args.num_features * LOCAL_DIM
+    size = sum(map(len, sets.values())) * width * FLOAT16_BYTES
+    log.info("local features of %d train and %d val images (the best %d of each over %d scales, --imsize %d) by "
+             "%s: %.2f GB in float16 under %s", len(split.train), len(split.val), args.num_features,
+             len(LOCAL_SCALES), args.imsize, args.extractor, size / 1e9, output_dir / "features")
+    extractor = load_for_extraction(args.extractor, env.device)
+    check_local_model(extractor)
+    store = ShardStore(output_dir / "features", env, args.progress)
+    data = {}
+    for name, samples in sets.items():
+        paths = [str(split.root / path) for path, _ in samples]
+        key = local_key(feature_key(args.extractor, args.imsize, LOCAL_SCALES, False, paths), args.num_features)
+        compute = partial(_extract, extractor, CollectionImages(paths, args.imsize), width, env, args)
+        _, ms = store.load(name, key, len(paths), width, compute, LOCAL_SHARD_SIZE, merge=False)
+        if ms is not None:
+            log.info("%s: %.1f ms an image on %s", name, ms, env.device.type)
+        if env.distributed:
+            dist.barrier()  # rank 0 has written the set's meta.json
+        data[name] = store.rows(name, len(paths))
+    del extractor
+    return (CachedLocalFeatures(data["train_local"], [label for _, label in split.train], args.keep_min),
+            CachedLocalFeatures(data["val_local"], [label for _, label in split.val]))
+
+
+def _extract(extractor, images, width, env, args, spans, progress):
+    return extract_spans(extractor, images, spans, width, env.device, LOCAL_SCALES, 1, args.workers, False, progress,
+                         partial(local_rows, num_features=args.num_features))
