@@ -65,29 +65,39 @@ class HOW(ArcFaceModel):
 
     def scale_maps(self, image, scales=SCALES):
         """Per scale: the attention (H, W), not normalised, and the descriptors (D, H, W) of one image (1, 3, H, W)
-        resized bilinearly by it (size floor(side * scale), sampling ratio recomputed from the sizes)."""
+        resized by it (``rescaled``)."""
         for scale in scales:
-            x = F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False,
-                              recompute_scale_factor=True)
-            attention, smoothed = self.attention_and_smoothed(x)
+            attention, smoothed = self.attention_and_smoothed(rescaled(image, scale))
             yield attention[0], self.dim_reduction(smoothed)[0]
 
     @torch.no_grad()
     def forward_local(self, image, scales=SCALES, num_features=1000):
         """The ``num_features`` local features of highest attention of one normalised image (1, 3, H, W) over
-        ``scales``: attentions divided by their maximum over all scales; ties keep the scales' order, then row-major
-        positions. Tensors on the image's device, floats in its dtype; no gradients (retrieval only)."""
-        descriptors, attentions, locations, levels = [], [], [], []
-        for scale, (attention, reduced) in zip(scales, self.scale_maps(image, scales), strict=True):
-            h, w = attention.shape
-            ys, xs = torch.meshgrid(torch.arange(h, device=image.device), torch.arange(w, device=image.device),
-                                    indexing="ij")
-            descriptors.append(reduced.flatten(1).T)
-            attentions.append(attention.flatten())
-            locations.append(torch.stack([xs.flatten(), ys.flatten()], dim=1))
-            levels.append(torch.full((h * w,), scale, dtype=image.dtype, device=image.device))
-        attentions = torch.cat(attentions)
-        attentions = attentions / attentions.max()
-        keep = torch.sort(-attentions, stable=True).indices[:num_features]
-        return LocalFeatures(torch.cat(descriptors)[keep], attentions[keep], torch.cat(locations)[keep],
-                             torch.cat(levels)[keep])
+        ``scales`` (``top_local_features``); no gradients (retrieval only)."""
+        return top_local_features(self.scale_maps(image, scales), scales, num_features, image)
+
+
+def rescaled(image, scale):
+    """``image`` resized bilinearly by ``scale`` as HOW resizes it: size floor(side * scale), the sampling ratio
+    recomputed from the sizes."""
+    return F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=True)
+
+
+def top_local_features(maps, scales, num_features, image):
+    """The ``num_features`` local features of highest attention among ``maps``, one (attention (H, W), descriptors
+    (D, H, W)) per scale of ``scales``: attentions divided by their maximum over all scales; ties keep the scales'
+    order, then row-major positions. Tensors on ``image``'s device, scales in its dtype."""
+    descriptors, attentions, locations, levels = [], [], [], []
+    for scale, (attention, reduced) in zip(scales, maps, strict=True):
+        h, w = attention.shape
+        ys, xs = torch.meshgrid(torch.arange(h, device=image.device), torch.arange(w, device=image.device),
+                                indexing="ij")
+        descriptors.append(reduced.flatten(1).T)
+        attentions.append(attention.flatten())
+        locations.append(torch.stack([xs.flatten(), ys.flatten()], dim=1))
+        levels.append(torch.full((h * w,), scale, dtype=image.dtype, device=image.device))
+    attentions = torch.cat(attentions)
+    attentions = attentions / attentions.max()
+    keep = torch.sort(-attentions, stable=True).indices[:num_features]
+    return LocalFeatures(torch.cat(descriptors)[keep], attentions[keep], torch.cat(locations)[keep],
+                         torch.cat(levels)[keep])

@@ -1,10 +1,12 @@
-"""networks.aggregator: Token's aggregator over padded sets of local features; padding has no influence."""
+"""networks.aggregator: Token's aggregator over padded sets of local features; padding has no influence. DELG's
+local branch as DELF-like local features for it."""
 
 import pytest
 import torch
 
-from networks import CONFIGS, AggregatorConfig, TokenAggregator, build_model
+from networks import CONFIGS, DELG, AggregatorConfig, LocalAggregation, TokenAggregator, build_model
 from networks.aggregator import valid_rows
+from networks.how import rescaled
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,3 +68,20 @@ def test_it_trains_through_the_arcface_head():
     loss.backward()
     assert logits.shape == (4, 4) and torch.isfinite(loss)
     assert aggregator.input_proj[0].weight.grad.abs().sum() > 0
+
+
+def test_delg_local_branch_gives_delf_like_local_features_for_the_aggregator():
+    torch.manual_seed(0)
+    delg = DELG(backbone="resnet18", local_dim=8, pretrained=False).eval()
+    image = torch.randn(1, 3, 64, 48)
+    found = delg.forward_local(image, num_features=10)
+    assert found.descriptors.shape == (10, 8) and found.attentions[0] == 1
+    assert (found.attentions[:-1] >= found.attentions[1:]).all()
+    torch.testing.assert_close(found.descriptors.norm(dim=1), torch.ones(10))  # L2 over the channels, per position
+    (x, y), scale = found.locations[0].tolist(), found.scales[0].item()
+    with torch.no_grad():
+        attention, features = delg.local.maps(delg.backbone.forward_layers(rescaled(image, scale))[0])
+    torch.testing.assert_close(found.descriptors[0], features[0, :, y, x])
+    assert attention[0, 0, y, x] == attention.max()  # the best over all scales is the best of its own
+    descriptors = LocalAggregation(delg, model()).forward_test(torch.cat([image, image.flip(-1)]))
+    assert descriptors.shape == (2, 12) and torch.isfinite(descriptors).all()

@@ -90,8 +90,9 @@ def get_args_parser(model="token"):
     if model == "aggregator":
         group.add_argument("--extractor", metavar="CKPT", default=None,
                            help="required: the frozen model whose local features the aggregator learns to aggregate "
-                                "(a HOW checkpoint); they are extracted once into --output-dir/features/ and the "
-                                "checkpoints record the file (path, size, SHA-256), which test.py then loads")
+                                "(a HOW checkpoint, or a DELG one: its local branch); they are extracted once into "
+                                "--output-dir/features/ and the checkpoints record the file (path, size, SHA-256), "
+                                "which test.py then loads")
         group.add_argument("--keep-min", type=float, default=0.5,
                            help="augmentation: each training image keeps a random subset of its cached local "
                                 "features, a fraction drawn uniformly in [KEEP_MIN, 1] (1: all of them)")
