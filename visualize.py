@@ -7,7 +7,8 @@
 ``retrievals`` reads the descriptors test.py wrote (``<dataset>_db.npy``, ``<dataset>_query.npy``) and draws,
 per query, the query with its box and the top-k database images framed green (easy or hard positive), red
 (negative) or grey (junk), as in the paper's qualitative figure. ``attention`` overlays each token's spatial
-attention (paper, Fig. 3a): the tokenizer's assignment and the last refinement block's cross-attention.
+attention (paper, Fig. 3a): the tokenizer's assignment and the last refinement block's cross-attention; for an
+aggregator over local features (train.py --model aggregator), each feature's weight at the place of its centre.
 Figure sizes are fixed by ``--width`` (pixels) so every PNG has a known size. The plotting lives in
 ``retrieval.figures`` and ``utils.training_log``.
 """
@@ -19,7 +20,7 @@ from utils import checks
 from utils.errors import fail_cleanly, require_path
 from utils.paths import writable_file
 from utils.training_log import plot_training_curves
-from weights import load_token
+from weights import load_model
 
 WIDTH = checks.int_in(100, 10000)  # pixels of the figure
 
@@ -40,7 +41,8 @@ def parse_args(argv=None):
     ret.add_argument("--out", required=True, help="PNG to write")
     ret.add_argument("--width", type=WIDTH, default=1200, help="figure width in pixels")
     att = sub.add_parser("attention", help="each token's spatial attention overlaid on images (paper Fig. 3a)")
-    att.add_argument("--checkpoint", required=True, help="a released or train.py checkpoint")
+    att.add_argument("--checkpoint", required=True,
+                     help="a released or train.py checkpoint of a Token or of an aggregator over local features")
     att.add_argument("--images", nargs="+", required=True, help="image files to draw")
     att.add_argument("--imsize", type=checks.IMSIZE, default=512, help="longer side the images are resized to")
     att.add_argument("--out", required=True, help="PNG to write")
@@ -63,7 +65,7 @@ def main(argv=None):
         out = plot_retrievals(args.data_root, args.dataset, args.features, args.out, args.queries, args.topk,
                               args.width)
     else:
-        out = plot_attention(load_token(args.checkpoint), args.images, args.out, args.imsize, args.width)
+        out = plot_attention(load_model(args.checkpoint), args.images, args.out, args.imsize, args.width)
     print(f"wrote {out}")
 
 

@@ -115,3 +115,26 @@ class LocalAggregation(nn.Module):
         """L2-normalised global descriptors (B, out_dim) of normalised images (B, 3, H, W): the extractor's best
         ``config.num_features`` local features over its scales, aggregated."""
         return self.aggregator.forward_test(padded_local_features(self.extractor, images, self.config.num_features))
+
+    @torch.no_grad()
+    def attention_maps(self, images):
+        """Where each token looks, as ``Token.attention_maps``: ``{"tokenizer", "refinement"}`` -> (B, L, H, W) on
+        the grid of the extractor's map at scale 1; each local feature adds its weight (the tokenizer's assignment,
+        the last cross-attention averaged over heads) to the cell that holds its centre, whatever its scale."""
+        per_image = [self._attention_maps(image[None]) for image in images]
+        return {source: torch.cat([maps[source] for maps in per_image]) for source in per_image[0]}
+
+    def _attention_maps(self, image):
+        found = self.extractor.forward_local(image, SCALES, self.config.num_features)
+        sizes = torch.tensor([attention.shape for attention, _ in self.extractor.scale_maps(image, SCALES)])
+        level = (found.scales.float()[:, None] - torch.tensor(SCALES)).abs().argmin(dim=1)  # each feature's scale
+        h, w = sizes[SCALES.index(1.0)].tolist()
+        grid = sizes.to(found.locations.device)[level]  # (n, 2): its scale's map (H, W)
+        x = ((found.locations[:, 0] + 0.5) / grid[:, 1] * w).long().clamp(max=w - 1)
+        y = ((found.locations[:, 1] + 0.5) / grid[:, 0] * h).long().clamp(max=h - 1)
+        features = found.descriptors[None]
+        _, assignment, cross = self.aggregator.tokens(features, torch.ones(features.shape[:2], dtype=torch.bool,
+                                                                           device=features.device))
+        weights = {"tokenizer": assignment[0]} | ({} if cross is None else {"refinement": cross[0].mean(dim=0)})
+        return {source: torch.zeros(len(value), h * w, dtype=value.dtype, device=value.device)
+                .index_add_(1, y * w + x, value).unflatten(1, (h, w))[None] for source, value in weights.items()}

@@ -121,8 +121,11 @@ def overlay(image, attention):
 
 
 def plot_attention(model, image_paths, out, imsize=512, width=1200):
-    """Per image: the image, then one panel per token for each attention source the model has; the PNG
-    written."""
+    """Per image: the image, then one panel per token for each attention source the model has (a Token, or an
+    aggregator behind its extractor); the PNG written."""
+    if not callable(getattr(model, "attention_maps", None)):
+        raise InputError(f"a {model.config.model!r} model has no tokens: attention maps are drawn for Token and for "
+                         "the aggregator over local features")
     to_tensor = to_normalized_tensor()
     images = [resize_database(load_rgb(path), imsize) for path in image_paths]
     maps = [model.attention_maps(to_tensor(img)[None]) for img in images]

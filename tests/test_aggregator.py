@@ -4,7 +4,7 @@ local branch as DELF-like local features for it."""
 import pytest
 import torch
 
-from networks import CONFIGS, DELG, AggregatorConfig, LocalAggregation, TokenAggregator, build_model
+from networks import CONFIGS, DELG, HOW, AggregatorConfig, LocalAggregation, TokenAggregator, build_model
 from networks.aggregator import valid_rows
 from networks.how import rescaled
 
@@ -85,3 +85,15 @@ def test_delg_local_branch_gives_delf_like_local_features_for_the_aggregator():
     assert attention[0, 0, y, x] == attention.max()  # the best over all scales is the best of its own
     descriptors = LocalAggregation(delg, model()).forward_test(torch.cat([image, image.flip(-1)]))
     assert descriptors.shape == (2, 12) and torch.isfinite(descriptors).all()
+
+
+def test_attention_maps_put_each_features_weight_where_it_lies():
+    torch.manual_seed(0)
+    how = HOW(backbone="resnet18", skip_layer=1, out_dim=8, pretrained=False).eval()
+    image = torch.randn(1, 3, 96, 64)
+    maps = LocalAggregation(how, model()).attention_maps(image)
+    found = how.forward_local(image, num_features=10)
+    assert maps["tokenizer"].shape == maps["refinement"].shape == (1, 3, 6, 4)  # layer3 at scale 1: stride 16
+    # every feature shares itself among the tokens; every token's cross-attention sums to 1 over the features
+    torch.testing.assert_close(maps["tokenizer"].sum(), torch.tensor(float(len(found.descriptors))))
+    torch.testing.assert_close(maps["refinement"].sum(dim=(2, 3)), torch.ones(1, 3))

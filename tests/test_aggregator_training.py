@@ -7,10 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import train
+import visualize
 from datasets.revisitop import RevisitopImages, load_revisitop
-from networks import HOW, LocalAggregation, TokenAggregator
+from networks import DELG, HOW, LocalAggregation, TokenAggregator
 from networks.aggregator import padded_local_features
 from tests.eval_sets import run_test
 from tests.test_train import Killed, kill_after_saving
@@ -133,3 +135,28 @@ def test_a_missing_or_different_extractor_is_one_line(trained, extractor, eval_i
         run_test(eval_inputs[0], checkpoint, None, "--scales", "1")
     [line] = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and line.startswith(f"error: {checkpoint}: its extractor") and "differs" in line
+
+
+def test_a_delg_checkpoint_serves_as_extractor_through_its_local_branch(gldv2, tmp_path):
+    torch.manual_seed(0)
+    delg = tmp_path / "delg.pth"
+    torch.save(model_state(DELG(backbone="resnet18", out_dim=16, pretrained=False).eval()), delg)
+    run(gldv2, delg, tmp_path / "run", "--epochs", "1")
+    model = load_model(tmp_path / "run" / "last.pth")
+    assert isinstance(model.extractor, DELG)
+    rows = np.load(tmp_path / "run" / "features" / "train_local" / "shard_00000.npy").astype(np.float32)
+    features = rows.reshape(len(rows), NUM, 128)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=2), 1, atol=1e-3)  # DELG's are L2-normalised
+
+
+def test_visualize_draws_the_tokens_attention_and_refuses_a_model_without_tokens(trained, extractor, gldv2, tmp_path,
+                                                                                 capsys):
+    images = [str(path) for path in sorted(gldv2.rglob("*.jpg"))[:2]]
+    out = tmp_path / "attention.png"
+    visualize.main(["attention", "--checkpoint", str(trained / "last.pth"), "--images", *images, "--imsize", "64",
+                    "--out", str(out), "--width", "600"])
+    with Image.open(out) as png:
+        assert png.size[0] == 600
+    with pytest.raises(SystemExit) as stop:
+        visualize.main(["attention", "--checkpoint", str(extractor), "--images", *images, "--out", str(out)])
+    assert stop.value.code == 2 and "a 'how' model has no tokens" in capsys.readouterr().err
