@@ -127,7 +127,7 @@ class LocalAggregation(nn.Module):
     def _attention_maps(self, image):
         found = self.extractor.forward_local(image, SCALES, self.config.num_features)
         sizes = torch.tensor([attention.shape for attention, _ in self.extractor.scale_maps(image, SCALES)])
-        level = (found.scales.float()[:, None] - torch.tensor(SCALES)).abs().argmin(dim=1)  # each feature's scale
+        level = (found.scales.float()[:, None] - torch.tensor(SCALES, device=image.device)).abs().argmin(dim=1)
         h, w = sizes[SCALES.index(1.0)].tolist()
         grid = sizes.to(found.locations.device)[level]  # (n, 2): its scale's map (H, W)
         x = ((found.locations[:, 0] + 0.5) / grid[:, 1] * w).long().clamp(max=w - 1)

@@ -17,7 +17,8 @@ from training.options import get_args_parser, parse_args
 from utils.training_log import StepMeter, read_metrics
 from weights import load_model
 
-BASELINES = sorted(set(CONFIGS) - {"token"})
+# the aggregator trains on an extractor's local features: tests/test_aggregator_training.py
+BASELINES = sorted(set(CONFIGS) - {"token", "aggregator"})
 HEAD = ["--arcface-margin", "0", "--arcface-scale", "16"]  # the demo's head: no margin from scratch
 SMALL = {"rmac": ["--out-dim", "32"], "solar": ["--out-dim", "32"], "apgem": ["--out-dim", "32"],
          "how": ["--out-dim", "32"],
@@ -91,8 +92,8 @@ def test_help_of_each_model_lists_its_flags_and_its_flags_give_its_config(name, 
     assert args.model == name and CONFIGS[name].from_args(args) == CONFIGS[name]()
     if name != "token":  # another model's flag is refused by argparse
         with pytest.raises(SystemExit) as stop:
-            parse_args(["--model", name, "--num-tokens", "8"])
-        assert stop.value.code == 2 and "--num-tokens" in capsys.readouterr().err
+            parse_args(["--model", name, "--lfsa-blocks", "2"])  # Token's alone (the aggregator has --num-tokens)
+        assert stop.value.code == 2 and "--lfsa-blocks" in capsys.readouterr().err
 
 
 def test_loss_parts_survive_a_mid_epoch_checkpoint():

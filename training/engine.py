@@ -97,7 +97,8 @@ def blank_backward(model, ddp_model, scaler, args, env):
     features for the aggregator) with the buffers put back after it; the backward is of zero times the loss and every
     trained parameter, so every gradient hook fires with zeros. Under SyncBatchNorm (GPUs) the blank images still
     enter that forward's batch statistics of the other ranks."""
-    shape = (args.num_features, args.local_dim) if args.model == "aggregator" else (3, args.imsize, args.imsize)
+    config = model.config
+    shape = (config.num_features, config.local_dim) if config.model == "aggregator" else (3, args.imsize, args.imsize)
     images = torch.zeros(MIN_BATCH, *shape, device=env.device)
     labels = torch.zeros(MIN_BATCH, dtype=torch.int64, device=env.device)
     with buffers_kept(model):  # after the backward too: BatchNorm's saves its running statistics for it
