@@ -2,7 +2,9 @@
 writing the index while a first one does (real processes), a build killed while it extracts (a real SIGKILL), broken
 whitenings and powers, and index folders whose files were replaced, truncated or edited."""
 
+import errno
 import json
+import os
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ from networks.pca_whitening import PCAWhitening
 from retrieval.features import FeatureStore
 from retrieval.image_index import DESCRIPTORS, LOCK, PATHS, SEARCH, ImageIndex, query
 from retrieval.index_files import file_entry
+from tests.conftest import mount
 from tests.eval_sets import random_image, write_checkpoint
 from tests.faults import SUBPROCESS_ENV, one_error_line, wait_for
 from tests.test_index import BUILD, RUN, run, write_images
@@ -156,6 +159,41 @@ def test_add_after_a_build_killed_while_extracting_pairs_each_path_with_its_own_
     assert summary["added"] == 6
     assert sorted((index / PATHS).read_text().splitlines()) == images_of(base / "cA") + images_of(base / "cC")
     assert finds_itself(index, images_of(base / "cA")[::2] + images_of(base / "cC")[::2])
+
+
+def fill(disk, leave):
+    """Fill the file system of ``disk`` but for ``leave`` bytes (a file ``filler`` of what it takes)."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError as err:
+        assert err.errno == errno.ENOSPC
+    os.ftruncate(fd, os.fstat(fd).st_size - leave)
+    os.close(fd)
+
+
+def test_add_after_a_build_stopped_by_a_full_disk_pairs_each_path_with_its_own_rows(indexed, tmp_path, capsys):
+    """A real full disk (a 1 MiB tmpfs with one page left): before, the build had rewritten features/collection.txt
+    when its first shard no longer fitted, and the add that followed paired cC's paths with cA's rows, exit 0."""
+    base, checkpoint = indexed
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk))
+    try:
+        index = copy_index(base, disk)
+        fill(disk, 4096)
+        with pytest.raises(SystemExit) as stop:
+            run("build", "--images", base / "cC", "--checkpoint", checkpoint, "--index", index, *BUILD)
+        error = one_error_line(capsys.readouterr().err)
+        assert stop.value.code == 2 and error.startswith(f"error: cannot write {index / 'features'}/"), error
+        assert "(No space left on device)" in error
+        (disk / "filler").unlink()
+        assert run("add", "--images", base / "cC", "--index", index, *RUN)["added"] == 6
+        assert sorted((index / PATHS).read_text().splitlines()) == images_of(base / "cA") + images_of(base / "cC")
+        assert finds_itself(index, images_of(base / "cA")[1::2] + images_of(base / "cC")[1::2])
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 # 5: whitenings and powers are checked before any work
