@@ -24,6 +24,7 @@ from tests.conftest import mount
 from tests.eval_sets import random_image, write_checkpoint
 from tests.faults import SUBPROCESS_ENV, one_error_line, wait_for
 from tests.test_index import BUILD, RUN, run, write_images
+from tests.test_index_paths import refused
 from utils.distributed import DistEnv
 from utils.errors import InputError
 
@@ -36,14 +37,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory):
-    """Folders ``cA``, ``cC`` of 6 small JPEGs each, ``big`` of 12 JPEGs of 1024 x 768 (a build of them at
+    """Folders ``cA``, ``cC`` of 6 small JPEGs each, ``big`` of 20 JPEGs of 1024 x 768 (a build of them at
     ``SLOW`` lasts a minute), a checkpoint, and an index of ``cA``."""
     base = tmp_path_factory.mktemp("integrity")
     for seed, name in enumerate(("cA", "cC")):
         write_images(base / name, 6, seed=seed, prefix=name)
     rng = np.random.default_rng(3)
     (base / "big").mkdir()
-    for i in range(12):
+    for i in range(20):
         random_image(rng, 1024, 768).save(base / "big" / f"cB_{i:03d}.jpg", quality=90)
     checkpoint = write_checkpoint(base / "token.pth")
     run("build", "--images", base / "cA", "--checkpoint", checkpoint, "--index", base / "index", *BUILD)
@@ -55,20 +56,10 @@ def copy_index(base, tmp_path):
     return tmp_path / "index"
 
 
-def index_py(*argv):
+def start_index_py(*argv):
     """index.py started in its own process (not waited for)."""
     return subprocess.Popen([sys.executable, "index.py", *map(str, argv)], cwd=ROOT, env=SUBPROCESS_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def refused(capsys, *argv):
-    """The one error line of ``index.py argv`` run in this process, which must exit 2 having printed nothing."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        run(*argv)
-    out, err = capsys.readouterr()
-    assert stop.value.code == 2 and out == "", (argv, out)
-    return one_error_line(err)
 
 
 def snapshot(folder):
@@ -95,12 +86,12 @@ def test_a_second_build_or_add_while_a_build_runs_is_refused_naming_it(indexed, 
     paths were the other's images (cA_3.jpg found cB_3.jpg at 1.0000)."""
     base, checkpoint = indexed
     index = copy_index(base, tmp_path)
-    first = index_py("build", "--images", base / "big", "--checkpoint", checkpoint, "--index", index, *SLOW)
+    first = start_index_py("build", "--images", base / "big", "--checkpoint", checkpoint, "--index", index, *SLOW)
     try:
         wait_for(lambda: f"pid {first.pid} " in ((index / LOCK).read_text() if (index / LOCK).exists() else ""),
                  120, "the first build to take the index's lock")
-        second = index_py("build", "--images", base / "cC", "--checkpoint", checkpoint, "--index", index, *BUILD)
-        adding = index_py("add", "--images", base / "cC", "--index", index, *RUN)
+        second = start_index_py("build", "--images", base / "cC", "--checkpoint", checkpoint, "--index", index, *BUILD)
+        adding = start_index_py("add", "--images", base / "cC", "--index", index, *RUN)
         for other in (second, adding):
             out, err = other.communicate(timeout=300)
             assert other.returncode == 2, err
@@ -149,7 +140,7 @@ def test_add_after_a_build_killed_while_extracting_pairs_each_path_with_its_own_
     index = copy_index(base, tmp_path)
     listing = tmp_path / "cB.txt"  # as many images as cA: the old add paired them silently, row for row
     listing.write_text("".join(f"{path}\n" for path in images_of(base / "big")[:6]))
-    killed = index_py("build", "--images", listing, "--checkpoint", checkpoint, "--index", index, *SLOW)
+    killed = start_index_py("build", "--images", listing, "--checkpoint", checkpoint, "--index", index, *SLOW)
     wait_for(lambda: any((index / "features" / "collection").glob("shard_*.npy")) or killed.poll() is not None, 120,
              "a shard of the second build")
     killed.send_signal(signal.SIGKILL)
