@@ -27,6 +27,7 @@ from tests.test_index import BUILD, RUN, run, write_images
 from tests.test_index_paths import refused
 from utils.distributed import DistEnv
 from utils.errors import InputError
+from utils.locking import exclusive
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = DistEnv(0, 1, torch.device("cpu"))
@@ -129,6 +130,13 @@ def test_a_feature_set_being_extracted_by_another_process_is_refused(tmp_path):
     rows, _ = FeatureStore(features, CPU, False).load(
         "roxford5k_db", {"k": 2}, 4, 3, lambda spans, progress: (np.ones((b - a, 3), np.float32) for a, b in spans))
     assert rows.shape == (4, 3)  # the killed holder left no lock behind
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(InputError, match=rf"^--index x: cannot open its lock file {tmp_path / 'a-file' / LOCK} \("):
+        with exclusive(tmp_path / "a-file" / LOCK, "--index x"):
+            pytest.fail("the lock was taken")
 
 
 # 2: a part's paths and rows are committed together

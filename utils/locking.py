@@ -36,8 +36,11 @@ def _acquire(path, what):
     """``(file descriptor holding the lock, None)``, or ``(None, the line refusing it)`` when another process holds
     it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:  # another user's lock file, a folder that cannot be written
+        return None, f"{what}: cannot open its lock file {path} ({err.strerror or err})"
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
