@@ -17,9 +17,11 @@ Layout of an index folder ``DIR``::
     whitening.npz       the whitening the search applies (only with --whiten-file / --whiten)
     search.faiss        the search structure over the (whitened) descriptors: exact inner product (faiss
                         IndexFlatIP) up to EXACT_MAX_IMAGES images, beyond it the compressed index of test.py --r1m
-    features/<part>.*   one part per build or add: its descriptors, kept in the feature store (retrieval.features:
-                        shards, resumed after a kill, reused when nothing changed; an unreadable file's row is NaN),
-                        and its candidate paths (<part>.txt), written once its descriptors are complete
+    features/<part>.*   one part per build or add, named by its candidate paths (collection-<hash>, add-<hash>):
+                        its descriptors, kept in the feature store (retrieval.features: shards, resumed after a
+                        kill, reused when nothing changed; an unreadable file's row is NaN), and its paths
+                        (<part>.txt), written once its descriptors are complete. A build or add of other images
+                        writes a part of its own, so one killed or failed leaves the index's parts as they were
 
 The descriptors are computed as test.py computes database descriptors (``retrieval.extract``); query images as
 well, cropped to their box first when one is given (``datasets.revisitop.resize_query``).
@@ -63,8 +65,9 @@ EXACT_MAX_IMAGES = 50_000
 SEARCHES = ("auto", "exact", "compressed")
 # the ExtractionSettings that index.json keeps (with the search): the others are each run's own
 STORED = ("checkpoint", "imsize", "scales", "amp", "whiten", "whiten_file", "whiten_power")
-# the names of the parts that index.json lists: those build and _part_name give, which no path can leave features/ by
-PART = re.compile(r"collection|add-[0-9a-f]{12}")
+# the names of the parts that index.json lists: those _part_name gives, which no path can leave features/ by
+# ("collection" alone: an index of an index.py before the SHA-256 of its files, which a build replaces)
+PART = re.compile(r"collection(-[0-9a-f]{12})?|add-[0-9a-f]{12}")
 
 
 def resolve_whitening(settings, model):
@@ -77,9 +80,8 @@ def _checkpoint_ref(checkpoint):
 
 
 def _extract_part(store, model, settings, env, name, paths):
-    """Descriptors of ``paths`` as part ``name`` of the store (rank 0; None elsewhere); NaN rows for files that
-    are not readable images; the part's paths are written once its descriptors are complete, so that a run
-    killed while extracting leaves the previous part whole. Returns the images extracted by this run."""
+    """Descriptors of ``paths`` as part ``name`` of the store; NaN rows for files that are not readable images;
+    the part's paths are written once its descriptors are complete. Returns the images extracted by this run."""
     key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths)
     dim = model.config.descriptor_dim
     extracted = 0
@@ -105,8 +107,10 @@ def _locked(index_dir, env):
     return exclusive(Path(index_dir) / LOCK, f"--index {index_dir}", env)
 
 
-def _part_name(paths):
-    return "add-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
+def _part_name(kind, paths):
+    """``<kind>-<12 hex digits>``, named by ``paths``: a build or add of other paths extracts into a part of its
+    own, and never touches the files of the index's parts before its index.json replaces the old one."""
+    return f"{kind}-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
 
 
 def check_parts(meta, index_dir):
@@ -119,7 +123,8 @@ def check_parts(meta, index_dir):
     for part in parts:
         if not isinstance(part, str) or not PART.fullmatch(part):
             raise InputError(f"{Path(index_dir) / INDEX_FILE}: the part {part!r} is not one index.py writes "
-                             "(collection or add-<12 hex digits>); build the index in a new folder")
+                             "(collection-<12 hex digits> or add-<12 hex digits>); build the index in a new "
+                             "folder")
     return parts
 
 
@@ -142,23 +147,24 @@ def build(images, index_dir, settings, env, root=None, search="auto"):
         previous = check_parts(previous, index_dir) if isinstance(previous, dict) and "parts" in previous else []
         store = FeatureStore(index_dir / "features", env, settings.progress)
         start = time.perf_counter()
-        extracted = _extract_part(store, model, settings, env, "collection", paths)
+        part = _part_name("collection", paths)
+        extracted = _extract_part(store, model, settings, env, part, paths)
         seconds = time.perf_counter() - start
         if not env.is_main:
             return None
         stored = {**{name: getattr(settings, name) for name in STORED}, "search": search}
         meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": stored,
-                "dim": model.config.descriptor_dim, "parts": ["collection"]}
-        summary = write_index(index_dir, meta, whitening, _new_part(index_dir, "collection"))
-        _forget_parts(index_dir, [part for part in previous if part not in meta["parts"]])
+                "dim": model.config.descriptor_dim, "parts": [part]}
+        summary = write_index(index_dir, meta, whitening, _new_part(index_dir, part))
+        _forget_parts(index_dir, [old for old in previous if old != part])
     return {**summary, "extracted": extracted, "seconds": seconds}
 
 
 def _forget_parts(index_dir, parts):
-    """Remove the files of ``parts`` (checked by ``check_parts``), which earlier ``add`` runs left in the feature
-    store and the index.json just written no longer lists: a build starts the index anew."""
+    """Remove the files of ``parts`` (checked by ``check_parts``), which the previous index listed and the
+    index.json just written no longer lists: a build starts the index anew."""
     for part in parts:
-        for suffix in (".npy", ".json", ".txt"):
+        for suffix in (".npy", ".json", ".txt", ".lock"):
             (Path(index_dir) / "features" / f"{part}{suffix}").unlink(missing_ok=True)
 
 
@@ -171,7 +177,7 @@ def read_meta(index_dir):
     check_parts(meta, index_dir)
     if not isinstance(meta.get("files"), dict):
         raise InputError(f"--index {index_dir}: its {INDEX_FILE} lists no SHA-256 of its files (an index.py before "
-                         "they were checked wrote it); run build again: its extraction is reused")
+                         "they were checked wrote it); run build again")
     return meta
 
 
@@ -213,7 +219,7 @@ def add(images, index_dir, env, root=None, **run):
         model = load_for_extraction(settings.checkpoint, env.device)
         store = FeatureStore(index_dir / "features", env, settings.progress)
         start = time.perf_counter()
-        name = _part_name(new)
+        name = _part_name("add", new)
         extracted = _extract_part(store, model, settings, env, name, new)
         seconds = time.perf_counter() - start
         if not env.is_main:

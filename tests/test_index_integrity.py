@@ -143,13 +143,13 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):
 
 def test_add_after_a_build_killed_while_extracting_pairs_each_path_with_its_own_rows(indexed, tmp_path):
     """Before: the killed build had already rewritten features/collection.txt (cB's paths) over cA's rows, and add
-    made an index of cB's paths with cA's descriptors, exit 0."""
+    made an index of cB's paths with cA's descriptors, exit 0. Now the build extracts into a part of its own."""
     base, checkpoint = indexed
     index = copy_index(base, tmp_path)
     listing = tmp_path / "cB.txt"  # as many images as cA: the old add paired them silently, row for row
     listing.write_text("".join(f"{path}\n" for path in images_of(base / "big")[:6]))
     killed = start_index_py("build", "--images", listing, "--checkpoint", checkpoint, "--index", index, *SLOW)
-    wait_for(lambda: any((index / "features" / "collection").glob("shard_*.npy")) or killed.poll() is not None, 120,
+    wait_for(lambda: any((index / "features").glob("collection-*/shard_*.npy")) or killed.poll() is not None, 120,
              "a shard of the second build")
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
@@ -275,7 +275,9 @@ TAMPERED = {
     "a NaN row in descriptors.npy": (DESCRIPTORS, _nan_row),
     "paths.txt of another order": (PATHS, lambda p: p.write_text("\n".join(sorted(p.read_text().split(),
                                                                                   reverse=True)) + "\n")),
-    "pickled features/collection.npy": ("features/collection.npy", _pickled),
+    "pickled features/<part>.npy": ("PART.npy", _pickled),
+    "features/<part>.txt of another order": ("PART.txt", lambda p: p.write_text("".join(sorted(
+        p.read_text().splitlines(keepends=True), reverse=True)))),
 }
 
 
@@ -296,6 +298,7 @@ def test_a_file_that_is_not_the_one_index_json_lists_is_refused_in_one_line(inde
     base, _ = indexed
     index = copy_index(base, tmp_path)
     name, tamper = TAMPERED[case]
+    name = name.replace("PART", f"features/{json.loads((index / 'index.json').read_text())['parts'][0]}")
     tamper(index / name)
     assert refused(capsys, *_reader(base, index, name)) == (
         f"error: --index {index}: {name} is not the file index.json lists (another size or SHA-256): a build or add "
@@ -327,15 +330,19 @@ def test_an_index_json_edited_to_list_a_crafted_file_is_refused_in_one_line(inde
     assert refused(capsys, *_reader(base, index, name)) == f"error: {index / name}: {why}; run build again"
 
 
-def test_an_index_without_the_sha256_of_its_files_asks_for_a_build(indexed, tmp_path, capsys):
+def test_an_index_of_an_earlier_index_py_asks_for_a_build_which_replaces_it(indexed, tmp_path, capsys):
+    """An index as the index.py before these checks left it: no SHA-256 in index.json, its part named collection."""
     base, checkpoint = indexed
     index = copy_index(base, tmp_path)
     meta = json.loads((index / "index.json").read_text())
+    for suffix in (".npy", ".json", ".txt"):
+        (index / "features" / f"{meta['parts'][0]}{suffix}").rename(index / "features" / f"collection{suffix}")
     del meta["files"]
-    (index / "index.json").write_text(json.dumps(meta))
+    (index / "index.json").write_text(json.dumps({**meta, "parts": ["collection"]}))
     assert refused(capsys, "query", "--index", index, images_of(base / "cA")[0], "--device", "cpu") == (
         f"error: --index {index}: its index.json lists no SHA-256 of its files (an index.py before they were checked "
-        "wrote it); run build again: its extraction is reused")
-    assert run("build", "--images", base / "cA", "--checkpoint", checkpoint, "--index", index, *BUILD)["extracted"] == 0
+        "wrote it); run build again")
+    assert run("build", "--images", base / "cA", "--checkpoint", checkpoint, "--index", index, *BUILD)["count"] == 6
+    assert not list((index / "features").glob("collection.*"))  # the old part is gone once the new index is written
     assert finds_itself(index, images_of(base / "cA")[:2])
 
