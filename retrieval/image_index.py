@@ -295,7 +295,8 @@ def write_index(index_dir, meta, whitening, parts):
     files = dict(parts)
     paths, descriptors, skipped = assemble(index_dir / "features", meta["parts"], meta["dim"])
     if not paths:
-        raise InputError(f"none of the {len(skipped)} files could be read as an image (see {index_dir / SKIPPED})")
+        raise InputError(f"none of the {len(skipped)} files could be read as an image ({skipped[0]}, ...); the "
+                         "index is left as it was")
     settings = meta["settings"]
     kind = search_kind(settings["search"], len(paths))
     vectors = apply_whitening(whitening, descriptors, settings["whiten_power"])

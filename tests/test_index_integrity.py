@@ -160,6 +160,27 @@ def test_add_after_a_build_killed_while_extracting_pairs_each_path_with_its_own_
     assert finds_itself(index, images_of(base / "cA")[::2] + images_of(base / "cC")[::2])
 
 
+def test_a_build_that_fails_after_its_extraction_leaves_the_index_as_it_was(indexed, tmp_path, capsys):
+    """A folder of files none of which is an image fails once they are extracted: before, the failed build had
+    replaced features/collection.* with their NaN rows, and the add that followed made an index of cC alone."""
+    base, checkpoint = indexed
+    index = copy_index(base, tmp_path)
+    (tmp_path / "junk").mkdir()
+    for name in ("notes.txt", "broken.jpg"):
+        (tmp_path / "junk" / name).write_text("not an image")
+    before = {name: data for name, data in snapshot(index).items() if not name.startswith("features/")}
+    with pytest.raises(SystemExit) as stop:
+        run("build", "--images", tmp_path / "junk", "--checkpoint", checkpoint, "--index", index, *BUILD)
+    assert stop.value.code == 2
+    assert one_error_line(capsys.readouterr().err) == "error: none of the 2 files could be read as an image " \
+                                                      f"({tmp_path / 'junk' / 'broken.jpg'}, ...); the index is left " \
+                                                      "as it was"
+    assert {name: data for name, data in snapshot(index).items() if not name.startswith("features/")} == before
+    assert run("add", "--images", base / "cC", "--index", index, *RUN)["added"] == 6
+    assert sorted((index / PATHS).read_text().splitlines()) == images_of(base / "cA") + images_of(base / "cC")
+    assert finds_itself(index, images_of(base / "cA")[:2] + images_of(base / "cC")[:2])
+
+
 def fill(disk, leave):
     """Fill the file system of ``disk`` but for ``leave`` bytes (a file ``filler`` of what it takes)."""
     fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
