@@ -28,6 +28,9 @@ rounds to float16, is only reported). PyTorch runs on ``--threads`` threads (def
 cores other processes share, more intra-op threads than free cores slow PyTorch down.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import copy
 import os

@@ -27,6 +27,9 @@ One JSON (``--out``) holds every check (pass / fail / skipped and its value), ev
 log tail; a short table is printed. Exit status 1 when a check failed.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import os
 import tempfile
