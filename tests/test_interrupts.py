@@ -41,6 +41,7 @@ def test_without_a_sigint_nothing_is_raised_and_an_ignored_sigint_stays_ignored(
 
 # Every command of the project: the entry scripts and the python -m modules.
 COMMANDS = [["train.py"], ["test.py"], ["demo.py"], ["visualize.py"], ["index.py"], ["-m", "datasets.download"],
+            ["-m", "datasets.synthetic"],
             *[["-m", f"benchmarks.{name}"] for name in ("eval", "extract", "index", "loader", "search", "gpu_check")]]
 
 

@@ -61,7 +61,7 @@ def get_args_parser():
                         help="cuda: the GPU check (exits 0 with one line where there is no CUDA); cpu: with --smoke")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes (resnet18, 64 px, 2 training steps, gloo on the CPU): every stage end to end")
-    parser.add_argument("--workers", type=checks.int_in(0, 256), default=None,
+    parser.add_argument("--workers", type=checks.WORKERS, default=None,
                         help="data-loading processes of train.py and test.py (default: min(8, cores); 0 --smoke)")
     parser.add_argument("--work-dir", default=None,
                         help="keep the world, runs and logs here (default: a temporary folder, deleted at the end)")
