@@ -99,8 +99,9 @@ def download_part(i, gldv2_dir, base_url, bar):
 
 
 def _run_parts(todo, gldv2_dir, base_url, jobs, n_asked):
-    """Download the parts of ``todo`` in ``jobs`` threads; the first failure is raised once the others stop."""
-    errors = []
+    """Download the parts of ``todo`` in ``jobs`` threads; the first failure is raised once the others stop, and
+    Ctrl-C (``KeyboardInterrupt``: exit 130, ``error: interrupted``) once they have stopped at their next chunk."""
+    errors, interrupted = [], False
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="GLDv2 bytes") as bytes_bar, \
             tqdm(total=n_asked, initial=n_asked - len(todo), unit=" parts", desc="GLDv2 parts") as parts_bar, \
             ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -121,7 +122,9 @@ def _run_parts(todo, gldv2_dir, base_url, jobs, n_asked):
             bar.stop.set()
             for pending in futures:
                 pending.cancel()
-            errors = [DownloadError("interrupted (Ctrl-C)")]
+            interrupted = True
+    if interrupted:  # the .part files and the finished parts are kept: a rerun resumes
+        raise KeyboardInterrupt
     if errors:
         more = f" ({len(errors) - 1} more parts failed)" if len(errors) > 1 else ""
         raise DownloadError(f"{errors[0]}{more}; finished parts are kept, rerun to continue")
