@@ -94,7 +94,7 @@ def _body(url, part):
     response = _open(url, have)
     start, total = content_range(response.headers.get("Content-Range"))
     if have:
-        if getattr(response, "code", None) == 416 and total == have:  # nothing left past the .part
+        if response.status == 416 and total == have:  # nothing left past the .part
             response.close()
             return None
         if response.status == 206 and start == have:
@@ -103,7 +103,6 @@ def _body(url, part):
             response.close()
             part.unlink()
             have, response = 0, _open(url, 0)
-            start, total = content_range(response.headers.get("Content-Range"))
     if isinstance(response, urllib.error.HTTPError):
         response.close()
         raise _http_error(url, response)
