@@ -142,3 +142,10 @@ def test_an_endless_body_through_gdown_is_stopped_at_the_size_cap(server, tmp_pa
     server.answer[PATH] = (200, {"Content-Length": "3000001"}, bytes(600_000))  # announced above: stops at chunk 1
     assert "announces 3000001 bytes, more than the 3000000 bytes" in fails(capsys, server.url, tmp_path, "R50-Token")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_loop_through_gdown_is_one_line(server, tmp_path, capsys):
+    server.answer[PATH] = (302, {"Location": PATH, "Content-Length": "0"}, b"")
+    assert fails(capsys, server.url, tmp_path, "R50-Token") == (
+        f"error: {server.url}{PATH}: Exceeded 30 redirects; download {TOKEN.address} in a browser and put it at "
+        f"{tmp_path / TOKEN.file}")

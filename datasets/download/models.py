@@ -67,7 +67,7 @@ def _gdown(release, path, url):
         raise DownloadError(f"{url}: Google Drive did not hand out the file (quota exceeded or access denied); "
                             f"rerun tomorrow, or {_by_hand(release, path)}") from None
     except requests.RequestException as err:
-        raise DownloadError(f"{url}: {err}; {_by_hand(release, path)}") from None
+        raise DownloadError(f"{url}: {_first_line(err)}; {_by_hand(release, path)}") from None  # a redirect loop
     except OSError as err:  # a full disk or an unwritable folder while gdown writes the partial file
         raise DownloadError(f"cannot write {err.filename or path.parent} ({err.strerror or err}): free space or "
                             "fix the folder and rerun to resume") from None
