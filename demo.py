@@ -15,6 +15,9 @@ CPU's kernels (AVX2 or AVX-512), so another machine prints other numbers. Everyt
 ``eval/features/``, and ``figures/``.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import logging
 import multiprocessing
