@@ -8,13 +8,15 @@ attention. They are stored one image a row: the descriptors, in their order, fla
 with no feature, or one that could not be read, is a row of NaN. The store (``retrieval.features.FeatureStore``
 with float16) shards, resumes and reuses these rows exactly as it does global descriptors, under the same key
 (``feature_key``) plus the feature count; local shards hold at most ``LOCAL_SHARD_SIZE`` images (1,000
-descriptors an image make a row of 256 kB).
+descriptors an image make a row of 256 kB), and a set kept in shards (R1M) is read from them memory-mapped
+(``LocalFeatureStore``, ``ShardRows``), so that the evaluation holds a slice of it at a time.
 
 Images are resized as HOW resizes them (``datasets.revisitop.how_resize``), which is the evaluation's resizing:
 thumbnail to ``imsize``, queries cropped to their box first, keeping their scale; one image goes through the model
 at a time.
 """
 
+import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -23,6 +25,7 @@ import torch
 
 from networks.how import SCALES
 from retrieval.extract import extract_spans
+from retrieval.features import FeatureStore
 from utils.errors import InputError
 
 LOCAL_DIM = 128  # the width of HOW's local descriptors (its reduction layer), and of every codebook
@@ -59,6 +62,39 @@ class LocalImages(Sequence):
         if isinstance(index, slice):
             return [unpack(row) for row in self.rows[index]]
         return unpack(self.rows[index])
+
+
+class ShardRows:
+    """The rows of a set's shards, memory-mapped, as one read-only array-like (length, an index or a slice of rows,
+    ``np.asarray``): a set kept in shards (R1M) is read a slice at a time instead of whole."""
+
+    def __init__(self, shards):
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [len(shard) for shard in shards])
+        self.dtype = shards[0].dtype if shards else np.dtype(np.float16)
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            rows = range(len(self))[index]
+            return np.stack([self[i] for i in rows]) if len(rows) else np.zeros((0,) + self.shards[0].shape[1:])
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.shards[k][index - self.offsets[k]]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.concatenate(self.shards).astype(dtype or self.dtype, copy=False)
+
+
+class LocalFeatureStore(FeatureStore):
+    """The float16 feature store of local features; a set's shards are read memory-mapped (``ShardRows``)."""
+
+    def __init__(self, root, env, progress=True):
+        super().__init__(root, env, progress, np.float16)
+
+    def _merge(self, name, count, dim, size):
+        return ShardRows([np.load(self._shard(name, k), mmap_mode="r") for k in range(math.ceil(count / size))])
 
 
 def check_local_model(model):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from networks.how import HOW
-from retrieval.local_features import LOCAL_DIM, pack, unpack
+from retrieval.local_features import LOCAL_DIM, LocalImages, ShardRows, pack, unpack
 from tests.conftest import ROOT
 from tests.eval_sets import DB_SIZES, QUERIES, R1M_IMAGES, TEST_ARGS, run_test
 from weights import model_state
@@ -74,6 +74,18 @@ def test_pack_and_unpack():
     np.testing.assert_array_equal(unpack(row), features)
     np.testing.assert_array_equal(unpack(pack(features, 3)), features)  # a full row
     assert unpack(pack(features[:0], 4)).shape == (0, LOCAL_DIM)  # an image without features
+
+
+def test_shard_rows_read_across_shards():
+    rows = np.arange(7 * 3, dtype=np.float16).reshape(7, 3)
+    shard_rows = ShardRows([rows[:3], rows[3:6], rows[6:]])
+    assert len(shard_rows) == 7 and shard_rows.dtype == np.float16
+    np.testing.assert_array_equal(shard_rows[4], rows[4])
+    np.testing.assert_array_equal(shard_rows[2:7], rows[2:7])
+    np.testing.assert_array_equal(shard_rows[5:5], rows[5:5])
+    np.testing.assert_array_equal(np.asarray(shard_rows), rows)
+    assert [len(f) for f in LocalImages(ShardRows([np.stack([pack(np.ones((n, LOCAL_DIM)), 4)]) for n in (1, 4, 0)]))] \
+        == [1, 4, 0]
 
 
 def test_asmk_run_codebook_trained_cached_and_features_reused(how_inputs, local_model, tmp_path):
