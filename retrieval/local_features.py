@@ -7,8 +7,8 @@ attention. They are stored one image a row: the descriptors, in their order, fla
 128`` float16 values, the rows after the last descriptor NaN (``pack``; ``unpack`` gives them back). An image
 with no feature, or one that could not be read, is a row of NaN. The store (``retrieval.features.FeatureStore``
 with float16) shards, resumes and reuses these rows exactly as it does global descriptors, under the same key
-(``feature_key``) plus the feature count; local shards hold at most ``LOCAL_SHARD_SIZE`` images (1,000
-descriptors an image make a row of 256 kB), and a set kept in shards (R1M) is read from them memory-mapped
+(``feature_key``) plus the feature count; a local shard holds at most ``LOCAL_SHARD_BYTES`` of rows (1,000
+descriptors an image make a row of 256 kB: 524 images), and a set kept in shards (R1M) is read from them memory-mapped
 (``LocalFeatureStore``, ``ShardRows``), so that the evaluation holds a slice of it at a time.
 
 Images are resized as HOW resizes them (``datasets.revisitop.how_resize``), which is the evaluation's resizing:
@@ -31,7 +31,12 @@ from utils.errors import InputError
 LOCAL_DIM = 128  # the width of HOW's local descriptors (its reduction layer), and of every codebook
 NUM_FEATURES = 1000  # local features kept per image (HOW's n = 1000)
 LOCAL_SCALES = SCALES  # HOW's test scales, the default of --scales under --local-features
-LOCAL_SHARD_SIZE = 500  # images per local-feature shard at most (500 x 1000 x 128 float16 = 128 MB)
+LOCAL_SHARD_BYTES = 2 ** 27  # float16 rows a local-feature shard holds at most (128 MiB), whatever --shard-size
+
+
+def local_shard_size(shard_size, num_features):
+    """Images per local-feature shard: ``shard_size``, at most ``LOCAL_SHARD_BYTES`` of rows, at least 1."""
+    return max(1, min(shard_size, LOCAL_SHARD_BYTES // (2 * LOCAL_DIM * num_features)))
 
 
 def pack(descriptors, num_features):
@@ -134,4 +139,4 @@ def load_local(store, model, name, key, images, settings, env, scales, merge=Tru
                              progress, partial(local_rows, num_features=settings.num_features))
 
     return store.load(name, local_key(key, settings.num_features), len(images), width, compute,
-                      min(settings.shard_size, LOCAL_SHARD_SIZE), merge)
+                      local_shard_size(settings.shard_size, settings.num_features), merge)
