@@ -7,7 +7,8 @@ v directions and multiplier c (deep-image-retrieval's ``--whitenp``, ``--whitenv
     y = (x - m) P[:v]^T / (c s[:v]^p)   (the division only when ``whiten`` is set), then y / ||y||.
 
 p = 0.5 is full whitening, p = 0 a plain PCA projection. ``fit`` learns one from descriptors (rows of x),
-as scikit-learn's ``PCA(whiten=True)`` does: variances are those of the centred data with n - 1 degrees of freedom.
+as scikit-learn's ``PCA(whiten=True)`` does: variances are those of the centred data with n - 1 degrees of freedom;
+``from_moments`` from the sums of many rows (HOW's initialisation of its reduction layer).
 """
 
 from dataclasses import dataclass
@@ -70,6 +71,17 @@ class PCAWhitening:
         keep = most if dims is None else dims
         variance = sing[:keep] ** 2 / (len(x) - 1)
         return cls(mean, vt[:keep], np.maximum(variance, EPS))
+
+    @classmethod
+    def from_moments(cls, count, total, outer, floor=EPS):
+        """The PCA of ``count`` rows known only by their sum ``total`` (D,) and the sum of their outer products
+        ``outer`` (D, D), for rows too many to hold at once: mean, covariance divided by ``count`` (HOW's), its
+        eigenvectors by decreasing eigenvalue, the eigenvalues clipped below at ``floor``; all D directions."""
+        mean = np.asarray(total, dtype=np.float64) / count
+        covariance = np.asarray(outer, dtype=np.float64) / count - np.outer(mean, mean)
+        variance, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
+        order = np.argsort(variance)[::-1]
+        return cls(mean, vectors[:, order].T, np.maximum(variance[order], floor))
 
     def to_arrays(self):
         """The plain arrays an ``.npz`` holds (``np.savez(path, **w.to_arrays())``)."""

@@ -19,7 +19,8 @@ from weights import load_model
 
 BASELINES = sorted(set(CONFIGS) - {"token"})
 HEAD = ["--arcface-margin", "0", "--arcface-scale", "16"]  # the demo's head: no margin from scratch
-SMALL = {"rmac": ["--out-dim", "32"], "solar": ["--out-dim", "32"], "apgem": ["--out-dim", "32"], "how": [],
+SMALL = {"rmac": ["--out-dim", "32"], "solar": ["--out-dim", "32"], "apgem": ["--out-dim", "32"],
+         "how": ["--out-dim", "32"],
          "delg": ["--out-dim", "32", "--local-dim", "16", "--local-margin", "0", "--local-scale", "16"],
          "netvlad": ["--dim", "32", "--heads", "4", "--dropout", "0", "--drop-path", "0"]}
 

@@ -18,7 +18,8 @@ from utils.paths import writable_folder
 
 # Flags that may change when resuming (e.g. a lower --lr or --clip-grad after a NaN); all others must match.
 MAY_CHANGE_ON_RESUME = {"epochs", "lr", "clip_grad", "amp", "resume", "output_dir", "data_root", "cache_dir", "workers",
-                        "device", "save_every", "log_every", "progress", "pretrained", "backbone_weights"}
+                        "device", "save_every", "log_every", "progress", "pretrained", "backbone_weights",
+                        "init_images"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -78,6 +79,11 @@ def get_args_parser(model="token"):
     group = parser.add_argument_group(f"model: {model} ({first_line(CONFIGS[model].__doc__)})")
     model_flag(group, model)
     CONFIGS[model].add_arguments(group)
+    if model == "how":
+        group.add_argument("--init-images", type=checks.int_in(1, 10**7), default=5000,
+                           help="the first N train images whose local features (top 1000 by attention, scale 1, "
+                                "thumbnailed to --imsize) initialise the reduction layer by PCA whitening, as HOW "
+                                "does; the layer is then frozen (not used on --resume)")
     group.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                        help="random backbone instead of ImageNet weights")
     group.add_argument("--backbone-weights", metavar="PATH", default=None,

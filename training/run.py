@@ -5,6 +5,7 @@ Every epoch: train, then the val split's ArcFace loss (with the margin, as train
 plain cosine logits (no margin: the class a retrieval descriptor is nearest to); a row in metrics.csv, the plot
 training_curves.png, last.pth, and best.pth when the val top-1 error is the lowest so far (never with an empty
 val split, whose metrics are nan). An epoch in which no training image was readable stops the run (InputError).
+HOW's reduction layer is initialised first (``training.reduction_init``), unless the run resumes.
 """
 
 import logging
@@ -25,6 +26,7 @@ from training.checkpointer import Checkpointer, find_resume, load_training_state
 from training.engine import derived_seed, memory_format, seed_rng, train_one_epoch, validate
 from training.optim import build_optimizer, lr_factor
 from training.options import check_args, check_paths, check_resume_args, model_config
+from training.reduction_init import initialise_reduction
 from utils.distributed import ShardSampler, TrainSampler, main_process_first
 from utils.errors import InputError
 from utils.training_log import plot_training_curves, write_metrics_row
@@ -110,6 +112,8 @@ def train(args, env):
     output_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_training_model(args, split.num_classes, env)
+    if args.model == "how" and not resumed:
+        initialise_reduction(model, split.train[:args.init_images], split.root, args, env)
     optimizer = build_optimizer(model, args)
     scaler = torch.amp.GradScaler(env.device.type, enabled=args.amp == "fp16")
     step, best_top1_err, totals = 0, math.inf, None
