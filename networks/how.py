@@ -72,10 +72,11 @@ class HOW(ArcFaceModel):
             attention, smoothed = self.attention_and_smoothed(x)
             yield attention[0], self.dim_reduction(smoothed)[0]
 
+    @torch.no_grad()
     def forward_local(self, image, scales=SCALES, num_features=1000):
         """The ``num_features`` local features of highest attention of one normalised image (1, 3, H, W) over
         ``scales``: attentions divided by their maximum over all scales; ties keep the scales' order, then row-major
-        positions. Tensors on the image's device, floats in its dtype."""
+        positions. Tensors on the image's device, floats in its dtype; no gradients (retrieval only)."""
         descriptors, attentions, locations, levels = [], [], [], []
         for scale, (attention, reduced) in zip(scales, self.scale_maps(image, scales), strict=True):
             h, w = attention.shape
