@@ -112,14 +112,14 @@ def check_local_model(model):
 def local_rows(model, images, scales, num_features):
     """``describe`` for ``retrieval.extract.extract_spans``: the packed local features of each image of the batch
     ``images`` (B, 3, H, W), one forward_local call per image, as a float32 tensor (B, num_features * 128)."""
-    out = torch.full((len(images), num_features * LOCAL_DIM), float("nan"))
-    for i, image in enumerate(images):
+    rows = []
+    for image in images:
         descriptors = model.forward_local(image[None], list(scales), num_features).descriptors
         if descriptors.ndim != 2 or descriptors.shape[1] != LOCAL_DIM or len(descriptors) > num_features:
             raise InputError(f"{model.__class__.__name__}.forward_local gave descriptors of shape "
                              f"{tuple(descriptors.shape)}, expected at most {num_features} x {LOCAL_DIM}")
-        out[i, :descriptors.numel()] = descriptors.float().flatten().cpu()
-    return out
+        rows.append(pack(descriptors.float().cpu().numpy(), num_features))
+    return torch.from_numpy(np.stack(rows))
 
 
 def local_key(key, num_features):

@@ -207,3 +207,15 @@ def test_torchrun_two_processes_give_the_local_features_and_codebook_of_one(how_
     two = json.loads((tmp_path / "two" / "results.json").read_text())["datasets"]
     for name in ("roxford5k", "roxford5k+1M"):
         assert two[name]["runs"]["asmk"]["medium"] == pytest.approx(one["datasets"][name]["runs"]["asmk"]["medium"])
+
+
+def test_local_features_of_another_width_are_refused_in_one_line(how_inputs, tmp_path, capsys, monkeypatch):
+    forward_local = HOW.forward_local
+    monkeypatch.setattr(HOW, "forward_local", lambda self, *a: forward_local(self, *a)._replace(
+        descriptors=torch.zeros(3, 64)))
+    codebook = tmp_path / "words.npy"
+    np.save(codebook, np.zeros((4, LOCAL_DIM), np.float32))
+    with pytest.raises(SystemExit):
+        run(how_inputs, tmp_path / "out", "--local-features", "vlad", "--codebook", str(codebook), "--no-progress")
+    err = capsys.readouterr().err.strip()
+    assert err == "error: HOW.forward_local gave descriptors of shape (3, 64), expected at most 12 x 128"
