@@ -16,7 +16,7 @@ import os
 from dataclasses import KW_ONLY, MISSING, dataclass, field, fields, replace
 
 from datasets.revisitop import R1M
-from retrieval.descriptor_whitening import DEFAULT_POWER
+from retrieval.descriptor_whitening import DEFAULT_POWER, check_power
 from retrieval.extract import SCALES
 from retrieval.features import SHARD_SIZE
 from retrieval.local_features import LOCAL_SCALES, NUM_FEATURES
@@ -249,6 +249,7 @@ def check_extraction(settings, device):
     s = settings
     if s.whiten is not None and s.whiten_file is not None:
         raise InputError("--whiten NAME and --whiten-file W.npz: pass one whitening")
+    check_power(s.whiten_power)
     if s.imsize is not None and s.imsize < 32:
         raise InputError(f"--imsize must be at least 32, got {s.imsize}")
     if not s.scales or not all(0 < scale <= MAX_SCALE for scale in s.scales):

@@ -164,11 +164,13 @@ def test_benchmark_mains_fail_with_one_line_and_exit_code_2(main, argv, expected
 def test_index_whiten_dims_is_checked_against_the_index_before_any_work(dims, expected, tmp_path, capsys):
     """index.py whiten --dims 0 gave all-zero scores, -1 silently kept N - 2, 1000 kept null directions."""
     from retrieval.image_index import DESCRIPTORS, FORMAT, INDEX_FILE
+    from retrieval.index_files import file_entry
 
     (tmp_path / "idx").mkdir()
-    meta = {"format": FORMAT, "count": 10, "dim": 16, "parts": ["collection"]}  # what read_meta accepts
-    (tmp_path / "idx" / INDEX_FILE).write_text(json.dumps(meta))
     np.save(tmp_path / "idx" / DESCRIPTORS, np.random.default_rng(0).standard_normal((10, 16)).astype(np.float32))
+    meta = {"format": FORMAT, "count": 10, "dim": 16, "parts": ["collection"],  # what read_meta accepts
+            "files": {DESCRIPTORS: file_entry(tmp_path / "idx" / DESCRIPTORS)}}
+    (tmp_path / "idx" / INDEX_FILE).write_text(json.dumps(meta))
     argv = ["whiten", "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "W.npz"), "--dims"]
     with pytest.raises(SystemExit) as exit_:
         index.main([*argv, dims])
