@@ -79,9 +79,13 @@ def _checkpoint_ref(checkpoint):
     return feature_key(checkpoint, 0, (), False, [])["checkpoint"]
 
 
-def _extract_part(store, model, settings, env, name, paths):
-    """Descriptors of ``paths`` as part ``name`` of the store; NaN rows for files that are not readable images;
-    the part's paths are written once its descriptors are complete. Returns the images extracted by this run."""
+def _extract_part(index_dir, model, settings, env, kind, paths):
+    """Descriptors of ``paths`` as a new part (``_part_name(kind, paths)``) of the index's feature store; NaN rows for
+    files that are not readable images; the part's paths are written once its descriptors are complete. Returns the
+    part's name, the images extracted by this run and its seconds."""
+    store = FeatureStore(Path(index_dir) / "features", env, settings.progress)
+    name = _part_name(kind, paths)
+    start = time.perf_counter()
     key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths)
     dim = model.config.descriptor_dim
     extracted = 0
@@ -95,7 +99,7 @@ def _extract_part(store, model, settings, env, name, paths):
     store.load(name, key, len(paths), dim, compute, settings.shard_size)
     if env.is_main:
         _write_lines(store.root / f"{name}.txt", paths)
-    return extracted
+    return name, extracted, time.perf_counter() - start
 
 
 def _part_files(part):
@@ -145,11 +149,7 @@ def build(images, index_dir, settings, env, root=None, search="auto"):
     with _locked(index_dir, env):
         previous = read_json(index_dir / INDEX_FILE)
         previous = check_parts(previous, index_dir) if isinstance(previous, dict) and "parts" in previous else []
-        store = FeatureStore(index_dir / "features", env, settings.progress)
-        start = time.perf_counter()
-        part = _part_name("collection", paths)
-        extracted = _extract_part(store, model, settings, env, part, paths)
-        seconds = time.perf_counter() - start
+        part, extracted, seconds = _extract_part(index_dir, model, settings, env, "collection", paths)
         if not env.is_main:
             return None
         stored = {**{name: getattr(settings, name) for name in STORED}, "search": search}
@@ -217,11 +217,7 @@ def add(images, index_dir, env, root=None, **run):
             return {"count": meta["count"], "skipped": meta["skipped"], "search": meta["search"], "added": 0,
                     "already": len(candidates), "extracted": 0, "seconds": 0.0} if env.is_main else None
         model = load_for_extraction(settings.checkpoint, env.device)
-        store = FeatureStore(index_dir / "features", env, settings.progress)
-        start = time.perf_counter()
-        name = _part_name("add", new)
-        extracted = _extract_part(store, model, settings, env, name, new)
-        seconds = time.perf_counter() - start
+        name, extracted, seconds = _extract_part(index_dir, model, settings, env, "add", new)
         if not env.is_main:
             return None
         before = meta["count"]
