@@ -4,8 +4,11 @@
    ``synthetic``), in the same layout as the real data;
 2. train a small Token (resnet18 trunk, small images, from scratch) and a GeM baseline the same way, and evaluate
    an untrained Token (the default --models; the Table 1 baselines rmac, solar, delg, netvlad and apgem train the
-   same way when named): the jobs run side by side in --jobs processes of one thread each;
-3. evaluate each on the ``synthetic`` test set as test.py does (exact search, mAP Easy / Medium / Hard);
+   same way when named, and how-asmk / how-vlad train one HOW): the jobs run side by side in --jobs processes of
+   one thread each;
+3. evaluate each on the ``synthetic`` test set as test.py does (exact search, mAP Easy / Medium / Hard; the HOW
+   rows: its local features with ASMK or VLAD, test.py --local-features, codebooks trained on the world's training
+   images);
 4. print the table and draw the figures (training curves, retrievals, attention maps) of the trained Token.
 
 The recipe (world size, models, schedule) is ``training.recipes.DEMO``; ``--quick`` runs ``QUICK``, the tiny
@@ -15,6 +18,9 @@ CPU's kernels (AVX2 or AVX-512), so another machine prints other numbers. Everyt
 ``eval/features/``, and ``figures/``.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import logging
 import multiprocessing
@@ -47,8 +53,9 @@ from weights import load_token, model_state, save_checkpoint
 # --models name (also its folder under --run-dir) -> its row of the table, in the table's order
 ROWS = {"untrained": "untrained Token", "token": "trained Token", "gem": "trained GeM baseline",
         "rmac": "trained R-MAC", "solar": "trained SOLAR", "delg": "trained DELG", "netvlad": "trained NetVLAD",
-        "apgem": "trained AP-GeM"}
+        "apgem": "trained AP-GeM", "how-asmk": "trained HOW + ASMK", "how-vlad": "trained HOW + VLAD"}
 DEFAULT_MODELS = ("token", "gem", "untrained")
+LOCAL_ROWS = {"how-asmk": "asmk", "how-vlad": "vlad"}  # rows of one trained HOW: --models name -> --local-features
 CPU = DistEnv(0, 1, torch.device("cpu"))
 
 
@@ -67,8 +74,9 @@ def get_args_parser():
                         help=f"training epochs of each model (default: the recipe's, {DEMO.epochs})")
     parser.add_argument("--models", nargs="+", choices=tuple(ROWS), default=list(DEFAULT_MODELS), metavar="NAME",
                         help="what to train and evaluate: token, gem (Token pooling by GeM, no tokens), untrained "
-                             "(a Token evaluated at its initialisation), and the Table 1 baselines rmac, solar, "
-                             f"delg, netvlad, apgem (default: {' '.join(DEFAULT_MODELS)})")
+                             "(a Token evaluated at its initialisation), the Table 1 baselines rmac, solar, "
+                             "delg, netvlad, apgem, and how-asmk, how-vlad (one HOW trained, its local features "
+                             f"evaluated with ASMK, VLAD) (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--jobs", type=checks.int_in(1, 64), default=min(2, os.cpu_count() or 1),
                         help="processes that run the models side by side, one thread each")
     parser.add_argument("--figures-dir", default=None,
@@ -101,12 +109,13 @@ def training_args(recipe, name, progress=True):
 
 @contextmanager
 def job_logging(name):
-    """The job ``name``'s INFO lines on stderr, prefixed by its row; the root logger as it was afterwards (with
-    --jobs 1 the jobs run in the caller's process, whose logging must not change)."""
+    """The job ``name``'s INFO lines on stderr, prefixed by its row (the HOW job: "trained HOW"); the root logger as
+    it was afterwards (with --jobs 1 the jobs run in the caller's process, whose logging must not change)."""
     root = logging.getLogger()
     saved = root.level, root.handlers[:]
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [{ROWS[name]}] %(message)s", datefmt="%H:%M:%S"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [{ROWS.get(name, 'trained HOW')}] %(message)s",
+                                           datefmt="%H:%M:%S"))
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     try:
@@ -116,15 +125,25 @@ def job_logging(name):
         root.setLevel(saved[0])
 
 
-def run_model(recipe, name, progress):
+def run_model(recipe, name, progress, methods=()):
     """Train (or initialise) the model ``name`` and evaluate it, with progress bars or (side by side with other
-    jobs) a log line per epoch: its row of the table and the figures it drew (the trained Token's)."""
+    jobs) a log line per epoch: its rows of the table ({--models name: mAP per protocol}) and the figures it drew
+    (the trained Token's). The job "how" trains one HOW and evaluates its local features with each of ``methods``
+    ("asmk", "vlad")."""
     torch.set_num_threads(1)
     with job_logging(name):
-        return _train_and_evaluate(recipe, name, progress)
+        return _train_and_evaluate(recipe, name, progress, methods)
 
 
-def _train_and_evaluate(recipe, name, progress):
+def local_settings(recipe, checkpoint, out, method, progress):
+    """test.py --local-features ``method`` of the trained HOW on the synthetic test set, codebooks trained on the
+    world's training images (the default --codebook-images under the data root)."""
+    return EvalSettings(checkpoint=str(checkpoint), data_root=recipe.data_root, datasets=["synthetic"],
+                        imsize=recipe.test_imsize, device="cpu", workers=0, output_dir=str(out / f"eval-{method}"),
+                        progress=progress, local=method, asmk_words=recipe.asmk_words)
+
+
+def _train_and_evaluate(recipe, name, progress, methods):
     if name == "untrained":
         out = Path(recipe.run_dir) / name
         out.mkdir(parents=True, exist_ok=True)
@@ -135,26 +154,46 @@ def _train_and_evaluate(recipe, name, progress):
         args = training_args(recipe, name, progress)
         train(args, CPU)
         out, checkpoint = Path(args.output_dir), Path(args.output_dir) / "last.pth"
+    if name == "how":
+        rows = {}
+        for method in methods:
+            runs = evaluate_checkpoint(local_settings(recipe, checkpoint, out, method, progress), CPU)
+            run = runs["datasets"]["synthetic"]["runs"][method]
+            logging.info("%s: mAP Medium %.2f", method, run["medium"]["mAP"])
+            rows[f"how-{method}"] = {protocol: run[protocol]["mAP"] for protocol in PROTOCOLS}
+        return rows, []
     settings = EvalSettings(checkpoint=str(checkpoint), data_root=recipe.data_root, datasets=["synthetic"],
                             imsize=recipe.test_imsize, device="cpu", workers=0, output_dir=str(out / "eval"),
                             progress=progress)
     exact = evaluate_checkpoint(settings, CPU)["datasets"]["synthetic"]["runs"]["exact"]
     logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
     drawn = figures(recipe) if name == "token" else []  # while the other worker finishes
-    return {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}, drawn
+    return {name: {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}}, drawn
+
+
+def jobs_of(names):
+    """``{job: methods}``: one job per model of ``names``, the trainings first and the untrained Token last; the HOW
+    rows share one job, "how", that trains HOW once and evaluates it with each of their methods."""
+    jobs = {name: () for name in ROWS if name in names and name not in LOCAL_ROWS and name != "untrained"}
+    methods = tuple(LOCAL_ROWS[name] for name in ROWS if name in names and name in LOCAL_ROWS)
+    if methods:
+        jobs["how"] = methods
+    if "untrained" in names:
+        jobs["untrained"] = ()
+    return jobs
 
 
 def run_models(recipe, names, jobs):
     """The table's rows of the models ``names``, in ROWS order, and the figures drawn; the trainings start first."""
     names = [name for name in ROWS if name in names]
-    order = sorted(names, key=lambda name: name == "untrained")
     if jobs == 1:
-        rows = {name: run_model(recipe, name, True) for name in order}
+        done = [run_model(recipe, job, True, methods) for job, methods in jobs_of(names).items()]
     else:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(run_model, recipe, name, False) for name in order}
-            rows = {name: future.result() for name, future in futures.items()}
-    return {ROWS[name]: rows[name][0] for name in names}, [png for name in names for png in rows[name][1]]
+            futures = [pool.submit(run_model, recipe, job, False, methods) for job, methods in jobs_of(names).items()]
+            done = [future.result() for future in futures]
+    rows = {name: row for job_rows, _ in done for name, row in job_rows.items()}
+    return {ROWS[name]: rows[name] for name in names}, [png for _, drawn in done for png in drawn]
 
 
 def table(rows):
@@ -178,9 +217,9 @@ def figures(recipe):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     recipe = recipe_of(args)
-    for name in args.models:  # bad settings stop here, before minutes of work
-        if name != "untrained":
-            training_args(recipe, name)
+    for job in jobs_of(args.models):  # bad settings stop here, before minutes of work
+        if job != "untrained":
+            training_args(recipe, job)
     writable_folder(recipe.data_root, "--data-root")
     writable_folder(recipe.run_dir, "--run-dir")
     if args.figures_dir:

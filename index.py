@@ -9,6 +9,9 @@
 The index folder's layout and the work are ``retrieval.image_index``; this script is its command line.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import os
 

@@ -12,6 +12,9 @@ The protocol is docs/FACTS.md, "Evaluation protocol". The work is done by ``retr
 code calls directly (``evaluate_checkpoint``); this script is its command line.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 from retrieval import evaluation
 from utils.distributed import cleanup, init_distributed
 from utils.errors import fail_cleanly

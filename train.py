@@ -11,6 +11,9 @@ training_curves.png, last.pth, and best.pth when the val top-1 error is the lowe
 Exit codes: 0 done, 2 bad input (one line, no traceback), 3 the loss or the weights became NaN.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import logging
 import sys
 from pathlib import Path

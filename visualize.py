@@ -13,6 +13,9 @@ Figure sizes are fixed by ``--width`` (pixels) so every PNG has a known size. Th
 ``retrieval.figures`` and ``utils.training_log``.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 
 from retrieval.figures import plot_attention, plot_retrievals

@@ -1,7 +1,7 @@
 """Memory per image and query time of our ASMK (test.py --local-features asmk) on a simulated database, and what
 they mean for R1M.
 
-    nice python -m benchmarks.asmk                    # 100k images of 1000 features, 65,536 words (~10 min)
+    nice python -m benchmarks.asmk                    # 100k images of 1000 features, 65,536 words (~15 min)
     python -m benchmarks.asmk --images 2000 --quick   # CI-sized
 
 Simulated local features, shaped like HOW's (whitened, so about unit variance per dimension; images made of

@@ -20,6 +20,9 @@ benchmark asserts (to 1e-12). Reported: both times (seconds for the whole evalua
 of ``--repeats`` runs) and their ratio.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import time
 

@@ -28,6 +28,9 @@ rounds to float16, is only reported). PyTorch runs on ``--threads`` threads (def
 cores other processes share, more intra-op threads than free cores slow PyTorch down.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import copy
 import os
@@ -124,9 +127,9 @@ def get_args_parser():
     parser.add_argument("--imsize", type=checks.IMSIZE, default=None,
                         help="longer side of the evaluation resizing (default 1024, test.py's; 64 quick); the "
                              "synthetic images are 128-160 pixels and are never enlarged")
-    parser.add_argument("--batch-size", type=checks.int_in(1, 1024), default=8,
+    parser.add_argument("--batch-size", type=checks.EXTRACT_BATCH, default=8,
                         help="ours: images of equal size per batch")
-    parser.add_argument("--workers", type=checks.int_in(0, 256), default=min(8, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=checks.WORKERS, default=min(8, os.cpu_count() or 1),
                         help="ours: image-loading processes (test.py's default)")
     parser.add_argument("--threads", type=checks.THREADS, default=1, help="PyTorch intra-op threads")
     parser.add_argument("--repeats", type=checks.int_in(1, 100), default=None,

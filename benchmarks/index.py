@@ -14,6 +14,9 @@ Exact search costs time in proportion to the images: a line through the origin f
 size at which it reaches ``EXACT_BUDGET_MS``, which ``EXACT_MAX_IMAGES`` was set from.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 
 import numpy as np

@@ -36,6 +36,9 @@ resizing (long side ``--eval-imsize``): ``load_rgb`` + ``resize_database`` again
 not-yet-decoded image, where PIL may decode at a reduced scale (only for images at least twice the target).
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import os
 import statistics

@@ -21,6 +21,9 @@ recall@1/10/100 against exact search (the share of the exact top-k that the inde
 and Easy/Medium/Hard mAP. Descriptors are cached under ``runs/benchmarks/cache/``.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import hashlib
 import json

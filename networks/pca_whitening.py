@@ -28,9 +28,16 @@ class PCAWhitening:
 
     def __post_init__(self):
         k, dim = self.components.shape
-        if self.mean.shape != (dim,) or self.variance.shape != (k,):
-            raise ValueError(f"whitening shapes do not agree: mean {self.mean.shape}, components "
-                             f"{self.components.shape}, variance {self.variance.shape}")
+        if self.mean.shape != (dim,) or self.variance.shape != (k,) or k == 0:
+            raise ValueError(f"whitening shapes do not agree or hold no direction: mean {self.mean.shape}, "
+                             f"components {self.components.shape}, variance {self.variance.shape}")
+        # one rule for every whitening read or learnt: a NaN, an infinity, or a variance of 0 or below (divided by,
+        # raised to a power) makes every whitened descriptor NaN, and a search with them finds nothing
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.components).all()):
+            raise ValueError("the whitening's mean and directions must be finite numbers (a NaN or inf is there)")
+        if not (np.isfinite(self.variance).all() and (self.variance > 0).all()):
+            raise ValueError("the whitening's variances must be finite numbers greater than 0, got "
+                             f"{self.variance[~(np.isfinite(self.variance) & (self.variance > 0))][0]}")
 
     @property
     def dim(self):

@@ -12,6 +12,7 @@ from utils.atomic import atomic_write
 from utils.errors import InputError
 
 DEFAULT_POWER = 0.25  # deep-image-retrieval's --whitenp default
+MAX_POWER = 1.0  # 0.5 is full whitening; a variance raised to a power far above overflows or vanishes
 BLOCK_ROWS = 65536  # rows whitened at a time (the whitening computes in float64)
 
 
@@ -61,6 +62,15 @@ def check_directions(flag, dims, count, dim):
         raise InputError(f"{flag} {dims}: expected a whole number from 1 to {most} ({count} descriptors of "
                          f"dimension {dim} have at most {most} directions)")
     return dims
+
+
+def check_power(power, flag="--whiten-power"):
+    """Raise ``InputError`` naming ``flag`` unless ``power`` is a number from 0 to ``MAX_POWER``: a variance
+    raised to 1e308 is infinite or 0, and every whitened descriptor NaN (nan and inf are refused as well)."""
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 <= power <= MAX_POWER:
+        raise InputError(f"{flag} {power}: expected a number from 0 to {MAX_POWER:g} (0.5 full whitening, 0 a plain "
+                         "PCA projection)")
+    return power
 
 
 def whiten_rows(whitening, x, power):

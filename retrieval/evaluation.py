@@ -34,8 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from datasets.revisitop import R1M, RevisitopImages, gnd_path, load_revisitop
 from retrieval import report as html_report
 from retrieval.asmk import ASMKParams, ASMKSearch, asmk_package
@@ -43,7 +41,7 @@ from retrieval.codebook import codebook, read_codebook
 from retrieval.descriptor_whitening import chosen_whitening, whiten_rows
 from retrieval.extract import extract_spans, load_for_extraction
 from retrieval.features import FeatureStore, feature_key
-from retrieval.local_features import LOCAL_DIM, LocalImages, check_local_model, load_local
+from retrieval.local_features import LOCAL_DIM, LocalFeatureStore, LocalImages, check_local_model, load_local
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedSearch, ExactSearch, PQSearch, alpha_qe, dba
 from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
@@ -234,7 +232,7 @@ def evaluate_model(settings, env, model, test_sets, distractors, output_dir):
     (the other ranks return a report without datasets)."""
     local = settings.local
     whitening = None if local else chosen_whitening(model, settings.whiten, settings.whiten_file)
-    store = FeatureStore(output_dir / "features", env, settings.progress, np.float16 if local else np.float32)
+    store = (LocalFeatureStore if local else FeatureStore)(output_dir / "features", env, settings.progress)
     sections = []
     report = {"model": model.config.model, "checkpoint": str(settings.checkpoint),
               "model_config": model.config.to_dict(), "protocol": settings.protocol, "imsize": settings.imsize,

@@ -17,6 +17,10 @@ before its ``.npy`` is replaced and written after it: a run killed in between le
 half-updated set. A shard folder whose ``meta.json`` does not match the current key is emptied; shards that are
 there and of the right length are kept, the missing ones extracted.
 
+A set is written by one run at a time: ``load`` holds ``<set>.lock`` (``utils.locking``), and a second run that
+would write the same set in the same folder (two test.py runs with one ``--output-dir``) stops at once, naming the
+first, instead of emptying and refilling its shards.
+
 Under ``torchrun`` rank 0 decides what to extract and broadcasts it; the missing shards are dealt round-robin
 to the ranks, each writes its own, and rank 0 merges once all have finished (``output_dir`` must then be on a
 file system every rank sees).
@@ -35,6 +39,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from utils.atomic import atomic_write, read_json, save_json
+from utils.locking import exclusive
 
 SHARD_SIZE = 10_000
 
@@ -121,6 +126,10 @@ class FeatureStore:
         rows ``start:stop`` of the set per span, in order, each written as a shard as soon as it comes.
         ``merge``: write ``<name>.npy`` and drop the shards (else keep them, as for R1M).
         """
+        with exclusive(self.root / f"{name}.lock", f"{self.root / name}", self.env):
+            return self._load(name, key, count, dim, compute, shard_size, merge)
+
+    def _load(self, name, key, count, dim, compute, shard_size, merge):
         plan = _broadcast(self._plan(name, key, (count, dim), shard_size, merge) if self.env.is_main else None,
                           self.env)
         if plan["reuse"]:

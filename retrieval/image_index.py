@@ -4,8 +4,11 @@ command line.
 Layout of an index folder ``DIR``::
 
     index.json          what the index is: checkpoint (path, size, modification time), extraction settings,
-                        whitening, search structure, descriptor size, image count and the parts below; written
-                        last, so it names only parts that are complete
+                        whitening, search structure, descriptor size, image count, the parts below and the size and
+                        SHA-256 of every file the index reads (``retrieval.index_files``: a file is read only when
+                        it is the one listed); written last, so it names only files that are complete
+    index.lock          locked (``fcntl.flock``) by the build or add writing the index, which it names: a second
+                        one is refused (``utils.locking``)
     paths.txt           absolute path of every indexed image, one a line (UTF-8), in row order (names a line
                         cannot hold are left out by ``datasets.collection.list_images``)
     descriptors.npy     float32 (images x d) multi-scale descriptors, L2-normalised, rows in paths.txt order (the
@@ -14,9 +17,11 @@ Layout of an index folder ``DIR``::
     whitening.npz       the whitening the search applies (only with --whiten-file / --whiten)
     search.faiss        the search structure over the (whitened) descriptors: exact inner product (faiss
                         IndexFlatIP) up to EXACT_MAX_IMAGES images, beyond it the compressed index of test.py --r1m
-    features/<part>.*   one part per build or add: its candidate paths (<part>.txt) and its descriptors, kept in
-                        the feature store (retrieval.features: shards, resumed after a kill, reused when nothing
-                        changed); an unreadable file's row is NaN
+    features/<part>.*   one part per build or add, named by its candidate paths (collection-<hash>, add-<hash>):
+                        its descriptors, kept in the feature store (retrieval.features: shards, resumed after a
+                        kill, reused when nothing changed; an unreadable file's row is NaN), and its paths
+                        (<part>.txt), written once its descriptors are complete. A build or add of other images
+                        writes a part of its own, so one killed or failed leaves the index's parts as they were
 
 The descriptors are computed as test.py computes database descriptors (``retrieval.extract``); query images as
 well, cropped to their box first when one is given (``datasets.revisitop.resize_query``).
@@ -34,25 +39,35 @@ import numpy as np
 from datasets.collection import CollectionImages, list_images
 from datasets.revisitop import RevisitopImages
 from networks.pca_whitening import PCAWhitening
-from retrieval.descriptor_whitening import check_dim, chosen_whitening, read_whitening, save_whitening, whiten_rows
+from retrieval.descriptor_whitening import (
+    check_dim,
+    check_power,
+    chosen_whitening,
+    read_whitening,
+    save_whitening,
+    whiten_rows,
+)
 from retrieval.extract import extract, extract_spans, load_for_extraction
 from retrieval.features import FeatureStore, feature_key, save_array
+from retrieval.index_files import INDEX_FILE, checked, file_entry, read_lines, read_rows, read_structure
 from retrieval.search import R1M_COMPRESSED, CompressedSearch
 from retrieval.settings import ExtractionSettings, check_extraction, with_checkpoint_file
 from utils.atomic import atomic_write, read_json, save_json
 from utils.errors import InputError
+from utils.locking import exclusive
 from utils.paths import writable_folder
 
 FORMAT = 1
-INDEX_FILE, PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH = (
-    "index.json", "paths.txt", "descriptors.npy", "skipped.txt", "whitening.npz", "search.faiss")
+PATHS, DESCRIPTORS, SKIPPED, WHITENING, SEARCH, LOCK = (
+    "paths.txt", "descriptors.npy", "skipped.txt", "whitening.npz", "search.faiss", "index.lock")
 # exact search up to this many images, the compressed index beyond: python -m benchmarks.index (docs/benchmarks.md)
 EXACT_MAX_IMAGES = 50_000
 SEARCHES = ("auto", "exact", "compressed")
 # the ExtractionSettings that index.json keeps (with the search): the others are each run's own
 STORED = ("checkpoint", "imsize", "scales", "amp", "whiten", "whiten_file", "whiten_power")
-# the names of the parts that index.json lists: those build and _part_name give, which no path can leave features/ by
-PART = re.compile(r"collection|add-[0-9a-f]{12}")
+# the names of the parts that index.json lists: those _part_name gives, which no path can leave features/ by
+# ("collection" alone: an index of an index.py before the SHA-256 of its files, which a build replaces)
+PART = re.compile(r"collection(-[0-9a-f]{12})?|add-[0-9a-f]{12}")
 
 
 def resolve_whitening(settings, model):
@@ -64,11 +79,13 @@ def _checkpoint_ref(checkpoint):
     return feature_key(checkpoint, 0, (), False, [])["checkpoint"]
 
 
-def _extract_part(store, model, settings, env, name, paths):
-    """Descriptors of ``paths`` as part ``name`` of the store (rank 0; None elsewhere); NaN rows for files that
-    are not readable images. Returns ``(descriptors, images extracted by this run)``."""
-    if env.is_main:
-        atomic_write(store.root / f"{name}.txt", lambda f: f.write("".join(p + "\n" for p in paths).encode()))
+def _extract_part(index_dir, model, settings, env, kind, paths):
+    """Descriptors of ``paths`` as a new part (``_part_name(kind, paths)``) of the index's feature store; NaN rows for
+    files that are not readable images; the part's paths are written once its descriptors are complete. Returns the
+    part's name, the images extracted by this run and its seconds."""
+    store = FeatureStore(Path(index_dir) / "features", env, settings.progress)
+    name = _part_name(kind, paths)
+    start = time.perf_counter()
     key = feature_key(settings.checkpoint, settings.imsize, settings.scales, settings.amp, paths)
     dim = model.config.descriptor_dim
     extracted = 0
@@ -79,12 +96,25 @@ def _extract_part(store, model, settings, env, name, paths):
         return extract_spans(model, CollectionImages(paths, settings.imsize), spans, dim, env.device,
                              settings.scales, settings.batch_size, settings.workers, settings.amp, progress)
 
-    features, _ = store.load(name, key, len(paths), dim, compute, settings.shard_size)
-    return features, extracted
+    store.load(name, key, len(paths), dim, compute, settings.shard_size)
+    if env.is_main:
+        _write_lines(store.root / f"{name}.txt", paths)
+    return name, extracted, time.perf_counter() - start
 
 
-def _part_name(paths):
-    return "add-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
+def _part_files(part):
+    return [f"features/{part}.txt", f"features/{part}.npy"]
+
+
+def _locked(index_dir, env):
+    """The index's lock (``utils.locking.exclusive``), for the whole of a build or add."""
+    return exclusive(Path(index_dir) / LOCK, f"--index {index_dir}", env)
+
+
+def _part_name(kind, paths):
+    """``<kind>-<12 hex digits>``, named by ``paths``: a build or add of other paths extracts into a part of its
+    own, and never touches the files of the index's parts before its index.json replaces the old one."""
+    return f"{kind}-" + hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
 
 
 def check_parts(meta, index_dir):
@@ -97,7 +127,8 @@ def check_parts(meta, index_dir):
     for part in parts:
         if not isinstance(part, str) or not PART.fullmatch(part):
             raise InputError(f"{Path(index_dir) / INDEX_FILE}: the part {part!r} is not one index.py writes "
-                             "(collection or add-<12 hex digits>); build the index in a new folder")
+                             "(collection-<12 hex digits> or add-<12 hex digits>); build the index in a new "
+                             "folder")
     return parts
 
 
@@ -113,39 +144,40 @@ def build(images, index_dir, settings, env, root=None, search="auto"):
     paths = list_images(images, root)
     if not paths:
         raise InputError(f"--images {images}: no files found")
-    previous = read_json(index_dir / INDEX_FILE)
-    previous = check_parts(previous, index_dir) if isinstance(previous, dict) and "parts" in previous else []
     model = load_for_extraction(settings.checkpoint, env.device)
     whitening = resolve_whitening(settings, model)
-    store = FeatureStore(index_dir / "features", env, settings.progress)
-    start = time.perf_counter()
-    _, extracted = _extract_part(store, model, settings, env, "collection", paths)
-    seconds = time.perf_counter() - start
-    if not env.is_main:
-        return None
-    _forget_added_parts(index_dir, previous)
-    stored = {**{name: getattr(settings, name) for name in STORED}, "search": search}
-    meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": stored,
-            "dim": model.config.descriptor_dim, "parts": ["collection"]}
-    return {**write_index(index_dir, meta, whitening), "extracted": extracted, "seconds": seconds}
+    with _locked(index_dir, env):
+        previous = read_json(index_dir / INDEX_FILE)
+        previous = check_parts(previous, index_dir) if isinstance(previous, dict) and "parts" in previous else []
+        part, extracted, seconds = _extract_part(index_dir, model, settings, env, "collection", paths)
+        if not env.is_main:
+            return None
+        stored = {**{name: getattr(settings, name) for name in STORED}, "search": search}
+        meta = {"format": FORMAT, "checkpoint_file": _checkpoint_ref(settings.checkpoint), "settings": stored,
+                "dim": model.config.descriptor_dim, "parts": [part]}
+        summary = write_index(index_dir, meta, whitening, _new_part(index_dir, part))
+        _forget_parts(index_dir, [old for old in previous if old != part])
+    return {**summary, "extracted": extracted, "seconds": seconds}
 
 
-def _forget_added_parts(index_dir, parts):
-    """Remove the ``parts`` (checked by ``check_parts``) that earlier ``add`` runs left in the feature store: a
-    build starts the index anew."""
+def _forget_parts(index_dir, parts):
+    """Remove the files of ``parts`` (checked by ``check_parts``), which the previous index listed and the
+    index.json just written no longer lists: a build starts the index anew."""
     for part in parts:
-        if part != "collection":
-            for suffix in (".npy", ".json", ".txt"):
-                (Path(index_dir) / "features" / f"{part}{suffix}").unlink(missing_ok=True)
+        for suffix in (".npy", ".json", ".txt", ".lock"):
+            (Path(index_dir) / "features" / f"{part}{suffix}").unlink(missing_ok=True)
 
 
 def read_meta(index_dir):
-    """index.json of ``index_dir``; ``InputError`` when it is not an index or lists a part it does not write
-    (``check_parts``)."""
+    """index.json of ``index_dir``; ``InputError`` when it is not an index, lists a part it does not write
+    (``check_parts``) or does not list its files (``retrieval.index_files``)."""
     meta = read_json(Path(index_dir) / INDEX_FILE)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"--index {index_dir}: no index there (expected {INDEX_FILE}, written by index.py build)")
     check_parts(meta, index_dir)
+    if not isinstance(meta.get("files"), dict):
+        raise InputError(f"--index {index_dir}: its {INDEX_FILE} lists no SHA-256 of its files (an index.py before "
+                         "they were checked wrote it); run build again")
     return meta
 
 
@@ -168,48 +200,59 @@ def add(images, index_dir, env, root=None, **run):
     """Append the images of ``images`` that ``index_dir`` does not hold yet, with the index's own checkpoint
     and settings; ``run``: this run's batch size, workers, device, shard size, progress. A summary dict (rank 0)."""
     index_dir = writable_folder(index_dir, "--index")
-    meta = read_meta(index_dir)
-    _check_checkpoint(meta, index_dir)
-    settings = stored_settings(meta, **run)
-    check_extraction(settings, env.device)
-    indexed = set(_read_lines(index_dir / PATHS))
-    tried = indexed | set(_read_lines(index_dir / SKIPPED))  # skipped files are not read again; build rereads all
-    candidates = list_images(images, root)
-    new = [path for path in candidates if path not in tried]
-    if not new:
-        return {"count": meta["count"], "skipped": meta["skipped"], "search": meta["search"], "added": 0,
-                "already": len(candidates), "extracted": 0, "seconds": 0.0} if env.is_main else None
-    model = load_for_extraction(settings.checkpoint, env.device)
-    store = FeatureStore(index_dir / "features", env, settings.progress)
-    start = time.perf_counter()
-    name = _part_name(new)
-    _, extracted = _extract_part(store, model, settings, env, name, new)
-    seconds = time.perf_counter() - start
-    if not env.is_main:
-        return None
-    whitening = read_whitening(index_dir / WHITENING) if (index_dir / WHITENING).is_file() else None
-    before = meta["count"]
-    meta["parts"] = [part for part in meta["parts"] if part != name] + [name]
-    summary = write_index(index_dir, meta, whitening)
+    read_meta(index_dir)  # a folder that is no index is refused before its lock file is made there
+    with _locked(index_dir, env):
+        meta = read_meta(index_dir)
+        _check_checkpoint(meta, index_dir)
+        settings = stored_settings(meta, **run)
+        check_extraction(settings, env.device)
+        files = meta["files"]
+        indexed = set(read_lines(checked(index_dir, files, PATHS)))
+        tried = indexed | set(read_lines(checked(index_dir, files, SKIPPED)))  # not read again; build rereads all
+        whitening = read_whitening(checked(index_dir, files, WHITENING)) if WHITENING in files else None
+        parts = _checked_parts(index_dir, meta["parts"], files)
+        candidates = list_images(images, root)
+        new = [path for path in candidates if path not in tried]
+        if not new:
+            return {"count": meta["count"], "skipped": meta["skipped"], "search": meta["search"], "added": 0,
+                    "already": len(candidates), "extracted": 0, "seconds": 0.0} if env.is_main else None
+        model = load_for_extraction(settings.checkpoint, env.device)
+        name, extracted, seconds = _extract_part(index_dir, model, settings, env, "add", new)
+        if not env.is_main:
+            return None
+        before = meta["count"]
+        meta["parts"] = [part for part in meta["parts"] if part != name] + [name]
+        summary = write_index(index_dir, meta, whitening, {**parts, **_new_part(index_dir, name)})
     return {**summary, "added": summary["count"] - before, "already": len(candidates) - len(new),
             "extracted": extracted, "seconds": seconds}
-
-
-def _read_lines(path):
-    return [line for line in Path(path).read_text().splitlines() if line] if Path(path).is_file() else []
 
 
 def _write_lines(path, lines):
     atomic_write(path, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
 
 
-def assemble(features_dir, parts):
-    """``(paths, descriptors, skipped)`` of the parts, in order: readable rows kept, each path once."""
+def _checked_parts(index_dir, parts, listed):
+    """The entries of ``listed`` (index.json's ``"files"``) for the files of ``parts``, each checked (``checked``)
+    so that a part's paths are never paired with the rows of another run."""
+    for part in parts:
+        for name in _part_files(part):
+            checked(index_dir, listed, name)
+    return {name: listed[name] for part in parts for name in _part_files(part)}
+
+
+def _new_part(index_dir, part):
+    """index.json's entries for the files of ``part``, which this run has just written."""
+    return {name: file_entry(Path(index_dir) / name) for name in _part_files(part)}
+
+
+def assemble(features_dir, parts, dim):
+    """``(paths, descriptors, skipped)`` of the parts, in order: readable rows (finite; an unreadable file's is
+    NaN) kept, each path once."""
     paths, rows, skipped = [], [], []
     for part in parts:
-        part_paths = _read_lines(features_dir / f"{part}.txt")
-        features = np.load(features_dir / f"{part}.npy")
-        readable = ~np.isnan(features).any(axis=1)
+        part_paths = read_lines(features_dir / f"{part}.txt")
+        features = read_rows(features_dir / f"{part}.npy", len(part_paths), dim, finite=False)
+        readable = np.isfinite(features).all(axis=1)
         paths += [p for p, ok in zip(part_paths, readable, strict=True) if ok]
         rows.append(features[readable])
         skipped += [p for p, ok in zip(part_paths, readable, strict=True) if not ok]
@@ -241,25 +284,31 @@ def apply_whitening(whitening, vectors, power):
     return vectors if whitening is None else whiten_rows(whitening, vectors, power)
 
 
-def write_index(index_dir, meta, whitening):
-    """Write the index files of ``meta``'s parts, index.json last; a summary dict."""
-    paths, descriptors, skipped = assemble(index_dir / "features", meta["parts"])
+def write_index(index_dir, meta, whitening, parts):
+    """Write the index files of ``meta``'s parts, index.json last with the size and SHA-256 of each and the
+    entries ``parts`` of the parts' files; a summary dict. Whatever can fail on the input is done before the first
+    file is written, so that a failed build or add leaves the index as it was."""
+    files = dict(parts)
+    paths, descriptors, skipped = assemble(index_dir / "features", meta["parts"], meta["dim"])
     if not paths:
-        raise InputError(f"none of the {len(skipped)} files could be read as an image (see {index_dir / SKIPPED})")
-    save_array(index_dir / DESCRIPTORS, descriptors)
-    _write_lines(index_dir / PATHS, paths)
-    _write_lines(index_dir / SKIPPED, skipped)
-    if whitening is not None:
-        save_whitening(index_dir / WHITENING, whitening)
-    else:
-        (index_dir / WHITENING).unlink(missing_ok=True)
+        raise InputError(f"none of the {len(skipped)} files could be read as an image ({skipped[0]}, ...); the "
+                         "index is left as it was")
     settings = meta["settings"]
     kind = search_kind(settings["search"], len(paths))
     vectors = apply_whitening(whitening, descriptors, settings["whiten_power"])
-    structure = search_structure(vectors, kind)
-    atomic_write(index_dir / SEARCH, lambda f: f.write(faiss.serialize_index(structure).tobytes()))
-    meta = {**meta, "count": len(paths), "skipped": len(skipped), "search": kind}
-    save_json(index_dir / INDEX_FILE, meta)
+    structure = faiss.serialize_index(search_structure(vectors, kind))
+    save_array(index_dir / DESCRIPTORS, descriptors)
+    _write_lines(index_dir / PATHS, paths)
+    _write_lines(index_dir / SKIPPED, skipped)
+    atomic_write(index_dir / SEARCH, lambda f: f.write(structure.tobytes()))
+    written = [DESCRIPTORS, PATHS, SKIPPED, SEARCH]
+    if whitening is not None:
+        written.append(save_whitening(index_dir / WHITENING, whitening).name)
+    files.update({name: file_entry(index_dir / name) for name in written})
+    save_json(index_dir / INDEX_FILE, {**meta, "count": len(paths), "skipped": len(skipped), "search": kind,
+                                       "files": files})
+    if whitening is None:
+        (index_dir / WHITENING).unlink(missing_ok=True)  # no longer listed: never read
     return {"count": len(paths), "skipped": len(skipped), "search": kind}
 
 
@@ -274,26 +323,27 @@ class ImageIndex:
         _check_checkpoint(self.meta, self.dir)
         self.settings = stored_settings(self.meta, batch_size=batch_size, workers=workers, progress=False)
         self.device = device
-        self.paths = _read_lines(self.dir / PATHS)
-        if len(self.paths) != self.meta["count"]:
-            raise InputError(f"--index {self.dir}: {PATHS} holds {len(self.paths)} paths, {INDEX_FILE} "
-                             f"{self.meta['count']}: an interrupted build or add; run it again")
-        stored = self.dir / WHITENING
-        self.whitening = read_whitening(stored) if stored.is_file() else None
-        self.power = self.settings.whiten_power
-        if whiten_file is None and whiten_power in (None, self.power):
-            self.structure = faiss.deserialize_index(np.fromfile(self.dir / SEARCH, dtype=np.uint8))
+        self.power = check_power(self.settings.whiten_power if whiten_power is None else whiten_power)
+        files, count = self.meta["files"], self.meta["count"]
+        self.paths = read_lines(checked(self.dir, files, PATHS))
+        if len(self.paths) != count:
+            raise InputError(f"--index {self.dir}: {PATHS} holds {len(self.paths)} paths, {INDEX_FILE} {count}; "
+                             "run build again")
+        self.whitening = read_whitening(checked(self.dir, files, WHITENING)) if WHITENING in files else None
+        if whiten_file is None and whiten_power in (None, self.settings.whiten_power):
+            dim = self.meta["dim"] if self.whitening is None else self.whitening.components.shape[0]
+            self.structure = read_structure(checked(self.dir, files, SEARCH), count, dim)
         else:
             if whiten_file is not None:
                 self.whitening = check_dim(read_whitening(whiten_file), self.meta["dim"],
                                            f"--whiten-file {whiten_file}")
-            self.power = self.power if whiten_power is None else whiten_power
             self.structure = self._rebuilt()
         self.model = load_for_extraction(self.settings.checkpoint, device)
 
     def _rebuilt(self):
-        vectors = apply_whitening(self.whitening, np.load(self.dir / DESCRIPTORS), self.power)
-        return search_structure(vectors, self.meta["search"])
+        descriptors = read_rows(checked(self.dir, self.meta["files"], DESCRIPTORS), self.meta["count"],
+                                self.meta["dim"])
+        return search_structure(apply_whitening(self.whitening, descriptors, self.power), self.meta["search"])
 
     def describe(self, images, boxes=None):
         """Multi-scale descriptors of query images (cropped to ``boxes`` when given, one per image), whitened
@@ -326,8 +376,8 @@ def query(index, images, topk=10, boxes=None):
 
 def learn_whitening(index_dir, dims=None):
     """A PCA whitening (``networks.pca_whitening.PCAWhitening.fit``) of an index's raw descriptors."""
-    read_meta(index_dir)
-    descriptors = np.load(Path(index_dir) / DESCRIPTORS)
+    meta = read_meta(index_dir)
+    descriptors = read_rows(checked(index_dir, meta["files"], DESCRIPTORS), meta["count"], meta["dim"])
     try:
         return PCAWhitening.fit(descriptors, dims)
     except ValueError as err:

@@ -16,12 +16,12 @@ import os
 from dataclasses import KW_ONLY, MISSING, dataclass, field, fields, replace
 
 from datasets.revisitop import R1M
-from retrieval.descriptor_whitening import DEFAULT_POWER
+from retrieval.descriptor_whitening import DEFAULT_POWER, check_power
 from retrieval.extract import SCALES
 from retrieval.features import SHARD_SIZE
 from retrieval.local_features import LOCAL_SCALES, NUM_FEATURES
 from retrieval.search import ALPHA, TOP_N
-from utils.checks import IMSIZE, check_flags, int_in
+from utils.checks import EXTRACT_BATCH, IMSIZE, WORKERS, check_flags, int_in
 from utils.errors import InputError
 from utils.paths import writable_file, writable_folder
 from weights import zoo
@@ -131,13 +131,13 @@ def add_extraction_arguments(parser, whitening_use, model=True):
         group.add_argument("--amp", action="store_true",
                            help="float16 autocast on CUDA: faster; descriptors differ from float32 by its rounding")
         add_whitening_arguments(group, whitening_use)
-    group.add_argument("--batch-size", type=int, default=default["batch_size"],
+    group.add_argument("--batch-size", type=EXTRACT_BATCH, default=default["batch_size"],
                        help="images of equal size that go through the model together")
-    group.add_argument("--workers", type=int, default=default["workers"],
+    group.add_argument("--workers", type=WORKERS, default=default["workers"],
                        help="image-loading processes per extraction process")
     group.add_argument("--device", default=default["device"], choices=("auto", "cpu", "cuda"),
                        help="auto: CUDA when available (one GPU per torchrun process), else CPU")
-    group.add_argument("--shard-size", type=int, default=default["shard_size"],
+    group.add_argument("--shard-size", type=int_in(1, 10**6), default=default["shard_size"],
                        help="images per feature shard: the unit that processes share and an interrupted run resumes "
                             "from")
     group.add_argument("--no-progress", dest="progress", action="store_false",
@@ -175,19 +175,22 @@ def get_args_parser():
                                  "--scales); dir: deep-image-retrieval's (one scale, images at their original size; "
                                  "--imsize and --scales do not apply)")
     search = parser.add_argument_group("search")
-    search.add_argument("--pq", type=int, default=default["pq"], metavar="M",
+    search.add_argument("--pq", type=int_in(1, 2**16), default=default["pq"], metavar="M",
                         help="also search with faiss product quantisation: M sub-quantisers (M bytes per image "
                              "at 8 bits); M must divide the descriptor size")
-    search.add_argument("--pq-bits", type=int, default=default["pq_bits"], help="bits per PQ sub-quantiser code")
-    search.add_argument("--ivf", type=int, default=default["ivf"], metavar="NLIST",
+    search.add_argument("--pq-bits", type=int_in(1, 16), default=default["pq_bits"],
+                        help="bits per PQ sub-quantiser code")
+    search.add_argument("--ivf", type=int_in(1, 2**20), default=default["ivf"], metavar="NLIST",
                         help="with --pq: IVF-PQ with NLIST coarse cells instead of flat PQ (for R1M, e.g. 1024)")
-    search.add_argument("--nprobe", type=int, default=default["nprobe"], help="IVF-PQ: cells visited per query")
+    search.add_argument("--nprobe", type=int_in(1, 2**20), default=default["nprobe"],
+                        help="IVF-PQ: cells visited per query")
     search.add_argument("--qe", action="store_true", help="also report alpha-QE (query expansion) on exact search")
     search.add_argument("--dba", action="store_true",
                         help="also report DBA (database-side augmentation) on exact search; with --qe, DBA + alpha-QE "
                              "too")
     search.add_argument("--alpha", type=float, default=default["alpha"], help="alpha of alpha-QE and DBA")
-    search.add_argument("--top-n", type=int, default=default["top_n"], help="neighbours that alpha-QE and DBA add")
+    search.add_argument("--top-n", type=int_in(1, 10**4), default=default["top_n"],
+                        help="neighbours that alpha-QE and DBA add")
     add_local_arguments(parser, default)
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", default=default["output_dir"],
@@ -249,6 +252,7 @@ def check_extraction(settings, device):
     s = settings
     if s.whiten is not None and s.whiten_file is not None:
         raise InputError("--whiten NAME and --whiten-file W.npz: pass one whitening")
+    check_power(s.whiten_power)
     if s.imsize is not None and s.imsize < 32:
         raise InputError(f"--imsize must be at least 32, got {s.imsize}")
     if not s.scales or not all(0 < scale <= MAX_SCALE for scale in s.scales):

@@ -52,17 +52,22 @@ class Server:
     ``cut[path] = n`` makes the next response for ``path`` stop after n body bytes and drop the connection.
     ``fail[path] = code`` makes every response for ``path`` that HTTP error.
     ``slow[path] = s`` makes responses for ``path`` pause ``s`` seconds after each 16 KiB.
+    ``answer[path] = (status, headers, body)`` makes every response for ``path`` that one, as given.
+    ``endless`` (a set of paths): their responses are 200 with no length and a body that never ends.
     """
 
     def __init__(self, files):
         self.files, self.requests, self.cut, self.fail, self.ignore_range = files, [], {}, {}, False
-        self.slow = {}
+        self.slow, self.answer, self.endless = {}, {}, set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 data, asked = server.files.get(self.path), self.headers.get("Range")
                 server.requests.append((self.path, asked))
+                if self.path in server.answer or self.path in server.endless:
+                    self.send_as_told()
+                    return
                 if data is None or self.path in server.fail:
                     self.send_error(server.fail.get(self.path, 404))
                     return
@@ -86,6 +91,17 @@ class Server:
                     self.wfile.write(body[offset:offset + step])
                     if pause:
                         time.sleep(pause)
+
+            def send_as_told(self):
+                status, headers, body = server.answer.get(self.path, (200, {}, b""))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+                block = bytes(1 << 16)
+                while self.path in server.endless:  # until the client hangs up (ConnectionError: quiet)
+                    self.wfile.write(block)
 
             def log_message(self, *args):
                 pass

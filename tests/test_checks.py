@@ -19,6 +19,8 @@ from benchmarks import gpu_check
 from benchmarks import index as bench_index
 from benchmarks import loader as bench_loader
 from benchmarks import search as bench_search
+from datasets.download import cli as download_cli
+from datasets.synthetic import cli as synthetic_cli
 from networks.config import CONFIGS
 from retrieval import settings
 from tests.conftest import ROOT
@@ -125,6 +127,22 @@ NUMERIC = [
                                           "100000"], "--imsize 100000: expected a whole number from 32 to 4096"),
     (index.get_args_parser().parse_args, ["query", "--index", "x", "q.jpg", "--topk", "0"],
      "--topk 0: expected a whole number from 1 to 10000"),
+    # upper bounds: a loader process each, a batch in memory, a thread each
+    (PARSERS["test.py"].parse_args, ["--batch-size", "100000000"], "--batch-size 100000000: expected a whole number "
+                                                                   "from 1 to 1024"),
+    (PARSERS["test.py"].parse_args, ["--workers", "100000"], "--workers 100000: expected a whole number from 0 to 256"),
+    (PARSERS["test.py"].parse_args, ["--pq", "100000000"], "--pq 100000000: expected a whole number from 1 to 65536"),
+    (PARSERS["test.py"].parse_args, ["--pq-bits", "17"], "--pq-bits 17: expected a whole number from 1 to 16"),
+    (options.parse_args, ["--workers", "100000"], "--workers 100000: expected a whole number from 0 to 256"),
+    (download_cli._parser().parse_args, ["gldv2", "--data-root", "x", "--jobs", "100000"],
+     "--jobs 100000: expected a whole number from 1 to 64"),
+    (download_cli._parser().parse_args, ["gldv2", "--data-root", "x", "--jobs", "0"],
+     "--jobs 0: expected a whole number from 1 to 64"),
+    (synthetic_cli.get_args_parser().parse_args, ["--root", "x", "--workers", "100000"],
+     "--workers 100000: expected a whole number from 0 to 256"),
+    (synthetic_cli.get_args_parser().parse_args, ["--root", "x", "--seed", "-1"], f"--seed -1: expected {SEEDS}"),
+    (synthetic_cli.get_args_parser().parse_args, ["--root", "x", "--train-landmarks", "100000000"],
+     "--train-landmarks 100000000: expected a whole number from 1 to 100000"),
 ]
 
 
@@ -164,11 +182,13 @@ def test_benchmark_mains_fail_with_one_line_and_exit_code_2(main, argv, expected
 def test_index_whiten_dims_is_checked_against_the_index_before_any_work(dims, expected, tmp_path, capsys):
     """index.py whiten --dims 0 gave all-zero scores, -1 silently kept N - 2, 1000 kept null directions."""
     from retrieval.image_index import DESCRIPTORS, FORMAT, INDEX_FILE
+    from retrieval.index_files import file_entry
 
     (tmp_path / "idx").mkdir()
-    meta = {"format": FORMAT, "count": 10, "dim": 16, "parts": ["collection"]}  # what read_meta accepts
-    (tmp_path / "idx" / INDEX_FILE).write_text(json.dumps(meta))
     np.save(tmp_path / "idx" / DESCRIPTORS, np.random.default_rng(0).standard_normal((10, 16)).astype(np.float32))
+    meta = {"format": FORMAT, "count": 10, "dim": 16, "parts": ["collection"],  # what read_meta accepts
+            "files": {DESCRIPTORS: file_entry(tmp_path / "idx" / DESCRIPTORS)}}
+    (tmp_path / "idx" / INDEX_FILE).write_text(json.dumps(meta))
     argv = ["whiten", "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "W.npz"), "--dims"]
     with pytest.raises(SystemExit) as exit_:
         index.main([*argv, dims])

@@ -5,7 +5,8 @@ import pickle
 import pytest
 
 from datasets import download
-from datasets.download import DownloadError, extract_archive, fetch, main
+from datasets.download import DownloadError, extract_archive, main
+from datasets.download.fetch import MAX_LIST_BYTES, fetch
 from datasets.images import load_rgb
 from datasets.revisitop import R1M, load_revisitop
 from tests.http_server import Server, jpeg, tgz
@@ -80,10 +81,10 @@ def test_fetch_resumes_a_part_file_with_range(server, tmp_path):
     data = server.files["/paris/paris_1-v1.tgz"]
     dest = tmp_path / "paris_1-v1.tgz"
     (tmp_path / "paris_1-v1.tgz.part").write_bytes(data[:100])
-    assert fetch(f"{server.url}/paris/paris_1-v1.tgz", dest)
+    assert fetch(f"{server.url}/paris/paris_1-v1.tgz", dest, MAX_LIST_BYTES)
     assert server.requests == [("/paris/paris_1-v1.tgz", "bytes=100-")]
     assert dest.read_bytes() == data and not (tmp_path / "paris_1-v1.tgz.part").exists()
-    assert not fetch(f"{server.url}/paris/paris_1-v1.tgz", dest) and len(server.requests) == 1
+    assert not fetch(f"{server.url}/paris/paris_1-v1.tgz", dest, MAX_LIST_BYTES) and len(server.requests) == 1
 
 
 def test_fetch_interrupted_then_resumed(server, tmp_path):
@@ -91,9 +92,9 @@ def test_fetch_interrupted_then_resumed(server, tmp_path):
     data, dest = server.files[path], tmp_path / "ox.tgz"
     server.cut[path] = 333
     with pytest.raises(DownloadError, match="rerun to resume"):
-        fetch(server.url + path, dest)
+        fetch(server.url + path, dest, MAX_LIST_BYTES)
     assert (tmp_path / "ox.tgz.part").stat().st_size == 333 and not dest.exists()
-    fetch(server.url + path, dest)
+    fetch(server.url + path, dest, MAX_LIST_BYTES)
     assert server.requests[-1] == (path, "bytes=333-") and dest.read_bytes() == data
 
 
@@ -101,14 +102,14 @@ def test_fetch_restarts_when_range_is_ignored(server, tmp_path):
     path = "/gnd/roxford5k/gnd_roxford5k.pkl"
     server.ignore_range = True
     (tmp_path / "gnd.pkl.part").write_bytes(b"stale bytes from another file")
-    fetch(server.url + path, tmp_path / "gnd.pkl")
+    fetch(server.url + path, tmp_path / "gnd.pkl", MAX_LIST_BYTES)
     assert (tmp_path / "gnd.pkl").read_bytes() == server.files[path]
 
 
 def test_fetch_complete_part_is_kept(server, tmp_path):
     path = "/gnd/rparis6k/gnd_rparis6k.pkl"
     (tmp_path / "gnd.pkl.part").write_bytes(server.files[path])
-    fetch(server.url + path, tmp_path / "gnd.pkl")  # the server answers 416 with the full size
+    fetch(server.url + path, tmp_path / "gnd.pkl", MAX_LIST_BYTES)  # the server answers 416 with the full size
     assert (tmp_path / "gnd.pkl").read_bytes() == server.files[path]
 
 

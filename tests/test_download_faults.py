@@ -10,7 +10,8 @@ import tarfile
 
 import pytest
 
-from datasets.download import MAX_MEMBER_BYTES, DownloadError, archive, extract_archive, fetch, main
+from datasets.download import MAX_MEMBER_BYTES, DownloadError, archive, extract_archive, main
+from datasets.download.fetch import MAX_ARCHIVE_BYTES, MAX_LIST_BYTES, fetch
 from tests.http_server import Server, jpeg, tar_bytes, tgz
 from weights import zoo
 
@@ -66,7 +67,7 @@ def test_full_disk_during_a_download_is_one_line(tmp_path, small_disk):
     try:
         with pytest.raises(DownloadError, match=r"cannot write .*big.tar.gz.part \(No space left on device\): free "
                                                 "space and rerun to resume"):
-            fetch(f"{server.url}/big.tar.gz", small_disk / "big.tar.gz")
+            fetch(f"{server.url}/big.tar.gz", small_disk / "big.tar.gz", MAX_ARCHIVE_BYTES)
     finally:
         server.close()
 
@@ -115,10 +116,59 @@ def test_a_url_flag_that_is_no_address_and_a_data_root_that_is_a_file_fail_clean
     assert capsys.readouterr().err.strip() == ("error: --gnd-url 'notaurl' is not a URL: expected http://host/path "
                                                "or https://host/path")
     with pytest.raises(DownloadError, match="'notaurl/x' is not a URL"):
-        fetch("notaurl/x", tmp_path / "x")
+        fetch("notaurl/x", tmp_path / "x", MAX_LIST_BYTES)
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit) as exit_info:
         main(["revisitop", "--data-root", str(tmp_path / "file")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (f"error: --data-root {tmp_path / 'file'} is a file: expected a "
                                                "folder (created if missing)")
+
+
+@pytest.fixture
+def server():
+    srv = Server({"/x.tgz": noise(1000)})
+    yield srv
+    srv.close()
+
+
+def test_a_part_answered_where_the_whole_file_was_asked_for_is_one_line(server, tmp_path):
+    server.answer["/x.tgz"] = (206, {"Content-Range": "bytes 5-9/100", "Content-Length": "5"}, b"abcde")
+    expected = (f"{server.url}/x.tgz: answered the part 'bytes 5-9/100' where the whole file was asked for; check "
+                "the address, or rerun later")
+    with pytest.raises(DownloadError) as first:  # was FileNotFoundError: the .part it never wrote was deleted
+        fetch(f"{server.url}/x.tgz", tmp_path / "x.tgz", MAX_ARCHIVE_BYTES)
+    (tmp_path / "x.tgz.part").write_bytes(b"12")  # a resume answered with another range: once more from byte 0
+    with pytest.raises(DownloadError) as resumed:
+        fetch(f"{server.url}/x.tgz", tmp_path / "x.tgz", MAX_ARCHIVE_BYTES)
+    assert str(first.value) == str(resumed.value) == expected
+    assert server.requests[1:] == [("/x.tgz", "bytes=2-"), ("/x.tgz", None)] and list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_loop_is_one_line(server, tmp_path, capsys):
+    path = "/gnd/roxford5k/gnd_roxford5k.pkl"
+    server.answer[path] = (302, {"Location": path, "Content-Length": "0"}, b"")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["revisitop", "--data-root", str(tmp_path), "--datasets", "roxford5k", "--gnd-url", f"{server.url}/gnd"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (  # were three lines, urllib's reason as it comes
+        f"error: {server.url}{path}: redirects that never end (a loop, or more than 10 in a row; the last: HTTP 302 "
+        "Found); check the address")
+
+
+def test_an_endless_body_is_stopped_at_the_size_cap_and_deleted(server, tmp_path):
+    server.endless.add("/x.tgz")  # 200, no Content-Length, zeros until the client hangs up
+    with pytest.raises(DownloadError) as failure:
+        fetch(f"{server.url}/x.tgz", tmp_path / "x.tgz", 3_000_000)
+    assert str(failure.value) == (f"{server.url}/x.tgz sends more bytes than the 3000000 bytes a file of this kind "
+                                  f"may have; deleted {tmp_path / 'x.tgz.part'}: this is not the published file, "
+                                  "check the address")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_announced_above_the_size_cap_is_refused_before_a_byte_is_written(server, tmp_path):
+    server.answer["/x.tgz"] = (200, {"Content-Length": str(MAX_ARCHIVE_BYTES + 1)}, b"")
+    with pytest.raises(DownloadError, match=f"announces {MAX_ARCHIVE_BYTES + 1} bytes, more than the "
+                                            f"{MAX_ARCHIVE_BYTES} bytes .*; nothing was written"):
+        fetch(f"{server.url}/x.tgz", tmp_path / "x.tgz", MAX_ARCHIVE_BYTES)
+    assert list(tmp_path.iterdir()) == []

@@ -2,12 +2,13 @@
 
 import hashlib
 import io
+import re
 import socket
 
 import pytest
 import torch
 
-from datasets.download import main
+from datasets.download import main, models
 from tests.http_server import Server
 from utils.errors import InputError
 from weights import zoo
@@ -127,3 +128,24 @@ def test_resolve_a_path_a_name_or_says_how_to_fetch_it(tmp_path):
                                          "name .*R101-HOW"):
         zoo.resolve("R101-Tokn", tmp_path)
     assert zoo.RELEASED["R101-HOW"].model == "HOW"
+
+
+def test_an_endless_body_through_gdown_is_stopped_at_the_size_cap(server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(models, "MAX_CHECKPOINT_BYTES", 3_000_000)  # the cap in bytes, small for the test
+    server.endless.add(PATH)  # 200, no Content-Length, zeros until gdown hangs up (44 GB in 30 s before)
+    err = fails(capsys, server.url, tmp_path, "R50-Token")
+    assert re.fullmatch(rf"error: {re.escape(server.url + PATH)} sends more bytes than the 3000000 bytes a file of "
+                        rf"this kind may have; deleted {re.escape(str(tmp_path / TOKEN.file))}.{{8}}\.part: this is "
+                        "not the published file, check the address", err)
+    assert list(tmp_path.iterdir()) == []
+    server.endless.clear()
+    server.answer[PATH] = (200, {"Content-Length": "3000001"}, bytes(600_000))  # announced above: stops at chunk 1
+    assert "announces 3000001 bytes, more than the 3000000 bytes" in fails(capsys, server.url, tmp_path, "R50-Token")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_loop_through_gdown_is_one_line(server, tmp_path, capsys):
+    server.answer[PATH] = (302, {"Location": PATH, "Content-Length": "0"}, b"")
+    assert fails(capsys, server.url, tmp_path, "R50-Token") == (
+        f"error: {server.url}{PATH}: Exceeded 30 redirects; download {TOKEN.address} in a browser and put it at "
+        f"{tmp_path / TOKEN.file}")

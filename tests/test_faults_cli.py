@@ -7,10 +7,12 @@ import sys
 
 import pytest
 
+from benchmarks import extract as bench_extract
 from datasets.gldv2 import GLDV2_DIR, load_gldv2
 from tests.conftest import ROOT
 from tests.faults import SUBPROCESS_ENV, one_error_line
 from tests.test_train import TINY, run, small_set
+from utils.training_log import COLUMNS
 
 # ---------------------------------------------------------------- missing paths, through the real CLIs
 
@@ -64,3 +66,33 @@ def test_every_training_image_unreadable_stops_after_the_first_epoch_without_a_c
     line = one_error_line(capsys.readouterr().err.splitlines()[-1])
     assert "epoch 1: no training image was readable (24 skipped)" in line and str(split.root) in line
     assert not (tmp_path / "run" / "last.pth").exists() and not (tmp_path / "run" / "metrics.csv").exists()
+
+
+# ---------------------------------------------------------------- issue #22, 17: found before the work, not after it
+
+
+@pytest.mark.parametrize("epoch", ["1.5", "x", "0", ""])
+def test_a_metrics_csv_with_an_epoch_that_is_no_whole_number_is_found_before_training(gldv2, tmp_path, capsys, epoch):
+    """Was found after a whole epoch, when the row was to be added (a ValueError traceback)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text(",".join(COLUMNS) + "\n" + ",".join([epoch, *["1"] * (len(COLUMNS) - 1)]) + "\n")
+    with pytest.raises(SystemExit) as stop:
+        run(gldv2, out)
+    assert stop.value.code == 2
+    assert one_error_line(capsys.readouterr().err) == (f"error: {out / 'metrics.csv'}, line 2: epoch {epoch!r} is "
+                                                       "not a whole number of at least 1")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]  # no epoch was trained
+
+
+@pytest.mark.parametrize("content", [b"bad\n", b"X\x15", b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.j\xe0\xcf\x87\nD"])
+def test_a_checkpoint_of_garbage_is_one_line_in_every_entry_point(tmp_path, capsys, content):
+    """torch's weights-only unpickler lets IndexError (b"bad\\n"), struct.error and KeyError out on such bytes:
+    benchmarks.extract --checkpoint (as test.py, index.py, every reader of a checkpoint) gave their traceback."""
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit) as stop:
+        bench_extract.main(["--checkpoint", str(bad), "--quick", "--out", str(tmp_path / "report.json")])
+    assert stop.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {bad}: not a readable checkpoint, truncated or not a torch file ("), line

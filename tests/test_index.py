@@ -5,6 +5,7 @@ clean errors."""
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,7 +191,7 @@ def test_whiten_file_for_build_query_and_test_py(collection, built, tmp_path):
 
 
 def _shards(index_dir):
-    return sorted((Path(index_dir) / "features" / "collection").glob("shard_*.npy"))
+    return sorted((Path(index_dir) / "features").glob("collection-*/shard_*.npy"))
 
 
 def test_a_killed_build_resumes_from_its_shards(collection, built, tmp_path):
@@ -223,7 +224,8 @@ def test_an_unchanged_build_is_reused(collection, built, tmp_path, capsys):
     base, _, checkpoint = collection
     capsys.readouterr()
     summary = run("build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", built[0], *BUILD)
-    assert summary["extracted"] == 0 and "collection: reusing" in capsys.readouterr().out
+    assert summary["extracted"] == 0 and re.search(r"^>> collection-[0-9a-f]{12}: reusing ", capsys.readouterr().out,
+                                                   re.MULTILINE)
 
 
 @pytest.mark.parametrize("case,message", [

@@ -145,7 +145,8 @@ def test_a_part_of_index_json_leaving_the_index_is_refused(small_index, tmp_path
     argv = {"build": ["build", "--images", base / "photos", "--checkpoint", checkpoint, "--index", index, *BUILD],
             "add": ["add", "--images", base / "more", "--index", index, *RUN]}[command]
     assert refused(capsys, *argv) == f"error: {index / 'index.json'}: the part {part!r} is not one index.py writes " \
-                                     "(collection or add-<12 hex digits>); build the index in a new folder"
+                                     "(collection-<12 hex digits> or add-<12 hex digits>); build the index in a new " \
+                                     "folder"
     assert all(victim.with_suffix(suffix).is_file() for suffix in (".npy", ".txt", ".json"))
     assert (index / PATHS).read_text() == paths
 

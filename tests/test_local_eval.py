@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from networks.how import HOW
-from retrieval.local_features import LOCAL_DIM, pack, unpack
+from retrieval.local_features import LOCAL_DIM, LocalImages, ShardRows, pack, unpack
 from tests.conftest import ROOT
 from tests.eval_sets import DB_SIZES, QUERIES, R1M_IMAGES, TEST_ARGS, run_test
 from weights import model_state
@@ -74,6 +74,18 @@ def test_pack_and_unpack():
     np.testing.assert_array_equal(unpack(row), features)
     np.testing.assert_array_equal(unpack(pack(features, 3)), features)  # a full row
     assert unpack(pack(features[:0], 4)).shape == (0, LOCAL_DIM)  # an image without features
+
+
+def test_shard_rows_read_across_shards():
+    rows = np.arange(7 * 3, dtype=np.float16).reshape(7, 3)
+    shard_rows = ShardRows([rows[:3], rows[3:6], rows[6:]])
+    assert len(shard_rows) == 7 and shard_rows.dtype == np.float16
+    np.testing.assert_array_equal(shard_rows[4], rows[4])
+    np.testing.assert_array_equal(shard_rows[2:7], rows[2:7])
+    np.testing.assert_array_equal(shard_rows[5:5], rows[5:5])
+    np.testing.assert_array_equal(np.asarray(shard_rows), rows)
+    assert [len(f) for f in LocalImages(ShardRows([np.stack([pack(np.ones((n, LOCAL_DIM)), 4)]) for n in (1, 4, 0)]))] \
+        == [1, 4, 0]
 
 
 def test_asmk_run_codebook_trained_cached_and_features_reused(how_inputs, local_model, tmp_path):
@@ -195,3 +207,15 @@ def test_torchrun_two_processes_give_the_local_features_and_codebook_of_one(how_
     two = json.loads((tmp_path / "two" / "results.json").read_text())["datasets"]
     for name in ("roxford5k", "roxford5k+1M"):
         assert two[name]["runs"]["asmk"]["medium"] == pytest.approx(one["datasets"][name]["runs"]["asmk"]["medium"])
+
+
+def test_local_features_of_another_width_are_refused_in_one_line(how_inputs, tmp_path, capsys, monkeypatch):
+    forward_local = HOW.forward_local
+    monkeypatch.setattr(HOW, "forward_local", lambda self, *a: forward_local(self, *a)._replace(
+        descriptors=torch.zeros(3, 64)))
+    codebook = tmp_path / "words.npy"
+    np.save(codebook, np.zeros((4, LOCAL_DIM), np.float32))
+    with pytest.raises(SystemExit):
+        run(how_inputs, tmp_path / "out", "--local-features", "vlad", "--codebook", str(codebook), "--no-progress")
+    err = capsys.readouterr().err.strip()
+    assert err == "error: HOW.forward_local gave descriptors of shape (3, 64), expected at most 12 x 128"

@@ -79,7 +79,7 @@ def test_missing_features_is_a_clear_error(world, tmp_path, capsys):
 
 @pytest.mark.parametrize("text, expected", [("", "no rows to plot"), ("epoch,step\n1,2\n", "no column train_loss"),
                                             (",".join(COLUMNS) + "\n" + ",".join(["x"] * len(COLUMNS)) + "\n",
-                                             "line 2: epoch 'x' is not a number")])
+                                             "line 2: epoch 'x' is not a whole number")])
 def test_curves_of_a_csv_without_the_columns_or_rows_is_a_clear_error(tmp_path, capsys, text, expected):
     metrics = tmp_path / "metrics.csv"
     metrics.write_text(text)

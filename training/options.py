@@ -9,6 +9,7 @@ The model flags are those of the chosen model only: ``train.py --help`` lists To
 import argparse
 import math
 import os
+from pathlib import Path
 
 from networks.config import CONFIGS
 from retrieval.local_features import LOCAL_DIM
@@ -16,6 +17,7 @@ from training.engine import AMP_DTYPES, MIN_BATCH
 from utils import checks
 from utils.errors import InputError
 from utils.paths import writable_folder
+from utils.training_log import read_metrics
 
 # Flags that may change when resuming (e.g. a lower --lr or --clip-grad after a NaN); all others must match.
 # --extractor may move: the checkpoint's record of its bytes is checked instead (training.run).
@@ -60,7 +62,7 @@ def get_args_parser(model="token"):
     data.add_argument("--imsize", type=checks.IMSIZE, default=512,
                       help="training crop and val centre-crop size (pixels); --model aggregator: the longer side "
                            "that the images are thumbnailed to before the extractor takes their local features")
-    data.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    data.add_argument("--workers", type=checks.WORKERS, default=min(8, os.cpu_count() or 1),
                       help="DataLoader processes per rank (0: load images in the training process)")
 
     aug = parser.add_argument_group("augmentation (the released code's; each can be switched off)")
@@ -201,10 +203,15 @@ def check_aggregator_args(args):
 
 
 def check_paths(args):
-    """Raise an InputError naming the flag when --output-dir (or --cache-dir) cannot be written, before any work."""
+    """Raise an InputError naming the flag when --output-dir (or --cache-dir) cannot be written, or when the
+    metrics.csv there (a run resumed, or continued) has a row that the first epoch could not rewrite, before any
+    work."""
     writable_folder(args.output_dir, "--output-dir")
     if args.cache_dir is not None:
         writable_folder(args.cache_dir, "--cache-dir")
+    metrics = Path(args.output_dir) / "metrics.csv"
+    if metrics.is_file():
+        read_metrics(metrics)
 
 
 def check_resume_args(resumed, current, path):

@@ -28,6 +28,7 @@ class DemoRecipe:
     weight_decay: float = 0.05
     imsize: int = 64  # training crop
     test_imsize: int = 96  # longer side of the evaluation images
+    asmk_words: int = 1024  # the HOW + ASMK row's codebook (HOW's 65,536 is far more than the world's features)
 
     @property
     def checkpoint(self):
@@ -50,12 +51,14 @@ DEMO = DemoRecipe(world=dict(num_train_landmarks=100, num_distractors=50),
                   baselines=dict(rmac=dict(HEAD, out_dim=512), solar=dict(HEAD, out_dim=512),
                                  delg=dict(HEAD, out_dim=512, local_dim=128, local_margin=0.0, local_scale=16.0),
                                  netvlad=dict(HEAD, dim=256, heads=4, dropout=0.0, drop_path=0.0),
-                                 apgem=dict(HEAD, out_dim=512)))
+                                 apgem=dict(HEAD, out_dim=512),
+                                 how=dict(HEAD, skip_layer=1)))
 QUICK = DemoRecipe(world=dict(num_train_landmarks=6, images_per_landmark=(4, 6), num_test_landmarks=3,
                               db_views_per_landmark=(4, 6), num_distractors=10),
                    model=dict(DEMO.model, dim=32, out_dim=32),
                    baselines=dict(rmac=dict(HEAD, out_dim=32), solar=dict(HEAD, out_dim=32),
                                   delg=dict(DEMO.baselines["delg"], out_dim=32, local_dim=16),
-                                  netvlad=dict(DEMO.baselines["netvlad"], dim=32), apgem=dict(HEAD, out_dim=32)),
+                                  netvlad=dict(DEMO.baselines["netvlad"], dim=32), apgem=dict(HEAD, out_dim=32),
+                                  how=DEMO.baselines["how"]),
                    data_root="data/synthetic/quick", run_dir="runs/demo/quick", epochs=1, warmup_epochs=1,
-                   batch_size=8, test_imsize=64)
+                   batch_size=8, test_imsize=64, asmk_words=64)

@@ -75,6 +75,8 @@ def int_in(low, high):
 SEED = int_in(0, 2**32 - 1)  # what numpy's and the data loaders' generators take
 IMSIZE = int_in(32, 4096)  # pixels: the backbone's stride at least; beyond 4096 a batch needs tens of GB
 THREADS = int_in(1, 1024)
+WORKERS = int_in(0, 256)  # loader or generator processes: each holds a Python and its modules (hundreds of MB)
+EXTRACT_BATCH = int_in(1, 1024)  # images of one size through the model together: 1024 at 1024 px are ~10 GB
 
 
 def check_flags(parser):

@@ -4,9 +4,10 @@
 import functools
 import sys
 
+from utils.command import EXIT_INTERRUPTED, INTERRUPTED, main_handles_interrupts
+
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3  # train.py: the loss or the weights became NaN
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command that Ctrl-C ended
 
 
 class InputError(Exception):
@@ -20,6 +21,7 @@ def fail_cleanly(main):
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        main_handles_interrupts()  # a Ctrl-C during the imports has ended the process already (utils.command)
         try:
             return main(*args, **kwargs)
         except InputError as err:
@@ -27,7 +29,7 @@ def fail_cleanly(main):
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             pass  # leaving the except block frees the interrupted frames: their destructors print before this line
-        print("error: interrupted", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
 
     return wrapper

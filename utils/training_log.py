@@ -22,7 +22,6 @@ from utils.errors import InputError
 
 COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s",
            "skipped_images", "time")
-PLOTTED = ("epoch", "train_loss", "val_loss", "val_top1_err", "val_top5_err", "lr")
 NO_STEP = 2**62  # "no non-finite loss seen": larger than any step
 
 
@@ -124,12 +123,26 @@ def write_metrics_row(path, row):
 
 
 def read_metrics(path):
-    """The rows of a metrics.csv as dicts of strings."""
+    """The rows of a metrics.csv as dicts of strings, checked: train.py's columns, ``epoch`` a whole number from 1,
+    every other value a number (nan included). A run resumed into its folder reads it before any training
+    (``training.options.check_paths``): a row it could not rewrite is found then, not after an epoch."""
     try:
         with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read it as a metrics.csv ({err.__class__.__name__}: {err})") from None
+    missing = [name for name in COLUMNS if rows and name not in reader.fieldnames]
+    if missing:
+        raise InputError(f"{path}: no column {', '.join(missing)}; expected a metrics.csv of train.py "
+                         f"({','.join(COLUMNS)})")
+    for line, row in enumerate(rows, start=2):
+        if not (row["epoch"] or "").isdecimal() or int(row["epoch"]) < 1:
+            raise InputError(f"{path}, line {line}: epoch {row['epoch']!r} is not a whole number of at least 1")
+        bad = next((name for name in reader.fieldnames if name and not _is_number(row[name])), None)
+        if bad is not None:
+            raise InputError(f"{path}, line {line}: {bad} {row[bad]!r} is not a number")
+    return rows
 
 
 def _is_number(text):
@@ -144,18 +157,11 @@ def plot_training_curves(metrics_csv, out_png):
     """Plot a metrics.csv in three panels (loss, val top-1/top-5 error, learning rate) against the epoch, as the
     PNG ``out_png``; the path written."""
     rows = read_metrics(metrics_csv)
-    missing = [name for name in PLOTTED if not rows or name not in rows[0]]
-    if not rows or missing:
-        raise InputError(f"{metrics_csv}: no rows to plot" if not rows else
-                         f"{metrics_csv}: no column {', '.join(missing)}; expected a metrics.csv of train.py "
-                         f"({','.join(COLUMNS)})")
+    if not rows:
+        raise InputError(f"{metrics_csv}: no rows to plot")
 
     def column(name):
-        try:
-            return [float(r[name]) for r in rows]
-        except (TypeError, ValueError):
-            bad = next(i for i, r in enumerate(rows) if not _is_number(r[name]))
-            raise InputError(f"{metrics_csv}, line {bad + 2}: {name} {rows[bad][name]!r} is not a number") from None
+        return [float(r[name]) for r in rows]
 
     epochs = column("epoch")
     fig = Figure(figsize=(13, 3.8), layout="constrained")

@@ -21,6 +21,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -36,6 +37,10 @@ from utils.safe_pickle import UnsafePickleError
 from weights import how, released, zoo
 
 NUMPY_MAGIC = b"\x93NUMPY"
+# What torch.load raises on a file that is no checkpoint: torch's weights-only unpickler also lets IndexError (an
+# empty stack: b"bad\n"), KeyError (an unknown memo) and struct.error (a short opcode argument) out on garbage.
+_NOT_A_CHECKPOINT = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, struct.error,
+                     zipfile.BadZipFile)
 
 
 def _unreadable(path, err):
@@ -68,7 +73,7 @@ def _load(f, path, expected, pickle_module):
         if pickle_module is None:
             raise InputError(f"{path}: refused to load, it holds objects that would run code when "
                              "unpickled; only tensors and plain data are accepted") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except _NOT_A_CHECKPOINT as err:
         raise _unreadable(path, err) from None
     try:
         f.seek(0)
@@ -76,8 +81,7 @@ def _load(f, path, expected, pickle_module):
     except UnsafePickleError as err:
         raise InputError(f"{path}: refused to load, it holds objects that would run code when unpickled ({err}); "
                          "only tensors, arrays and plain data are accepted") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
-            zipfile.BadZipFile) as err:
+    except (pickle.UnpicklingError, TypeError, AttributeError, *_NOT_A_CHECKPOINT) as err:
         raise _unreadable(path, err) from None
 
 

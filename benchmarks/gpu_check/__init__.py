@@ -27,6 +27,9 @@ One JSON (``--out``) holds every check (pass / fail / skipped and its value), ev
 log tail; a short table is printed. Exit status 1 when a check failed.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 import argparse
 import os
 import tempfile
@@ -58,7 +61,7 @@ def get_args_parser():
                         help="cuda: the GPU check (exits 0 with one line where there is no CUDA); cpu: with --smoke")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes (resnet18, 64 px, 2 training steps, gloo on the CPU): every stage end to end")
-    parser.add_argument("--workers", type=checks.int_in(0, 256), default=None,
+    parser.add_argument("--workers", type=checks.WORKERS, default=None,
                         help="data-loading processes of train.py and test.py (default: min(8, cores); 0 --smoke)")
     parser.add_argument("--work-dir", default=None,
                         help="keep the world, runs and logs here (default: a temporary folder, deleted at the end)")

@@ -10,6 +10,9 @@ temporary names and renames, members checked). ``cli`` holds the flags. Every fa
 one line naming the file or address and what to do, exit code 2.
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 from datasets.download.archive import MAX_MEMBER_BYTES, extract_archive
 from datasets.download.cli import main
 from datasets.download.fetch import DownloadError, fetch

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from datasets.download import gldv2, models, revisitop
 from datasets.revisitop import R1M
+from utils import checks
 from utils.errors import InputError, fail_cleanly
 from weights.zoo import MODELS_DIR, RELEASED, release
 
@@ -60,7 +61,8 @@ def _gldv2_parser(commands):
     parser.add_argument("--parts", default=f"0-{gldv2.PARTS - 1}",
                         help=f"which of the {gldv2.PARTS} parts images_NNN.tar (about 1 GB each) to fetch, as ranges "
                              "and lists: 0-1, 3,7,10-12 (default: all)")
-    parser.add_argument("--jobs", type=int, default=4, help="parts downloaded at the same time (default: 4)")
+    parser.add_argument("--jobs", type=checks.int_in(1, 64), default=4,
+                        help="parts downloaded at the same time, 1 to 64 (default: 4)")
     parser.add_argument("--base-url", default=gldv2.GLDV2_URL,
                         help="base URL of metadata/<csv>, train/images_NNN.tar and md5sum/train/md5.images_NNN.txt")
 
@@ -84,7 +86,7 @@ def _parser():
     _revisitop_parser(commands)
     _gldv2_parser(commands)
     _models_parser(commands)
-    return parser
+    return checks.check_flags(parser)
 
 
 @fail_cleanly
@@ -99,8 +101,6 @@ def main(argv=None):
         if args.r1m:
             revisitop.download_r1m(data_root, args.r1m_url)
     elif args.command == "gldv2":
-        if args.jobs < 1:
-            raise InputError(f"--jobs {args.jobs}: expected at least 1")
         parts = gldv2.parse_parts(args.parts)
         gldv2.download_gldv2(_folder(args.data_root, "--data-root"), parts, args.jobs, args.base_url)
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from datasets.download.archive import extract_archive
-from datasets.download.fetch import DownloadError, fetch, file_digest
+from datasets.download.fetch import MAX_ARCHIVE_BYTES, MAX_CSV_BYTES, MAX_LIST_BYTES, DownloadError, fetch, file_digest
 from datasets.gldv2 import GLDV2_DIR, IMAGES_DIR, TRAIN_CLEAN_CSV, TRAIN_CSV, find_missing, image_path, read_annotations
 from utils.errors import InputError
 
@@ -78,11 +78,11 @@ def download_part(i, gldv2_dir, base_url, bar):
     """Fetch, md5-check, extract and delete part ``i``, then mark it done; returns how many images it held."""
     work, name = gldv2_dir / WORK_DIR, part_name(i)
     md5_name = f"md5.{Path(name).stem}.txt"
-    fetch(f"{base_url}/md5sum/train/{md5_name}", work / md5_name, bar=bar)
+    fetch(f"{base_url}/md5sum/train/{md5_name}", work / md5_name, MAX_LIST_BYTES, bar=bar)
     expected = read_md5(work / md5_name, name)
     tar, url = work / name, f"{base_url}/train/{name}"
     for attempt in range(2):
-        fetch(url, tar, bar=bar)
+        fetch(url, tar, MAX_ARCHIVE_BYTES, bar=bar)
         got = file_digest(tar, "md5")
         if got == expected:
             break
@@ -99,8 +99,9 @@ def download_part(i, gldv2_dir, base_url, bar):
 
 
 def _run_parts(todo, gldv2_dir, base_url, jobs, n_asked):
-    """Download the parts of ``todo`` in ``jobs`` threads; the first failure is raised once the others stop."""
-    errors = []
+    """Download the parts of ``todo`` in ``jobs`` threads; the first failure is raised once the others stop, and
+    Ctrl-C (``KeyboardInterrupt``: exit 130, ``error: interrupted``) once they have stopped at their next chunk."""
+    errors, interrupted = [], False
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="GLDv2 bytes") as bytes_bar, \
             tqdm(total=n_asked, initial=n_asked - len(todo), unit=" parts", desc="GLDv2 parts") as parts_bar, \
             ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -121,7 +122,9 @@ def _run_parts(todo, gldv2_dir, base_url, jobs, n_asked):
             bar.stop.set()
             for pending in futures:
                 pending.cancel()
-            errors = [DownloadError("interrupted (Ctrl-C)")]
+            interrupted = True
+    if interrupted:  # the .part files and the finished parts are kept: a rerun resumes
+        raise KeyboardInterrupt
     if errors:
         more = f" ({len(errors) - 1} more parts failed)" if len(errors) > 1 else ""
         raise DownloadError(f"{errors[0]}{more}; finished parts are kept, rerun to continue")
@@ -147,7 +150,7 @@ def download_gldv2(data_root, parts, jobs=4, base_url=GLDV2_URL):
     (gldv2_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
     base_url = base_url.rstrip("/")
     for csv in (TRAIN_CSV, TRAIN_CLEAN_CSV):
-        fetch(f"{base_url}/metadata/{csv}", gldv2_dir / csv)
+        fetch(f"{base_url}/metadata/{csv}", gldv2_dir / csv, MAX_CSV_BYTES)
     todo = [i for i in parts if not (gldv2_dir / WORK_DIR / f"{part_name(i)}.done").exists()]
     if todo:
         _run_parts(todo, gldv2_dir, base_url, jobs, len(parts))

@@ -5,7 +5,8 @@ Each file goes to ``DEST/<file>``. gdown writes it to ``<file><8 characters>.par
 complete download the file's SHA-256 is recorded in ``<file>.sha256``; a later run checks the file against
 it and downloads a mismatching file once more before giving up. A file that is neither a torch zip archive
 (``PK\\x03\\x04``) nor a legacy pickle (``\\x80``) is deleted and reported: Drive answers an HTML page instead
-of the file when its daily quota is used up or when it wants a virus-scan confirmation.
+of the file when its daily quota is used up or when it wants a virus-scan confirmation. A file announced or
+received past ``MAX_CHECKPOINT_BYTES`` is stopped there (gdown's progress callback) and its partial file deleted.
 """
 
 import gdown
@@ -13,7 +14,7 @@ import requests
 from gdown.exceptions import DownloadError as GdownError
 from gdown.exceptions import FileURLRetrievalError
 
-from datasets.download.fetch import TIMEOUT_S, DownloadError, file_digest
+from datasets.download.fetch import MAX_CHECKPOINT_BYTES, TIMEOUT_S, DownloadError, file_digest, too_large
 from utils.atomic import atomic_write
 
 DRIVE_URL = "https://drive.google.com"
@@ -37,10 +38,25 @@ def _partial_files(path):
     return sorted(path.parent.glob(f"{path.name}????????.part"))
 
 
+def _size_cap(url, path):
+    """gdown's progress callback: a ``DownloadError`` (which ends gdown's download) once the file is announced or
+    received past ``MAX_CHECKPOINT_BYTES``."""
+    def check(received, total):
+        announced = total if total is not None and total > MAX_CHECKPOINT_BYTES else None
+        if announced or received > MAX_CHECKPOINT_BYTES:  # gdown has written its one partial file
+            raise too_large(url, MAX_CHECKPOINT_BYTES, announced, deleted=_partial_files(path)[0])
+
+    return check
+
+
 def _gdown(release, path, url):
     """One gdown call; every failure becomes one ``DownloadError`` line."""
     try:
-        gdown.download(url=url, output=str(path), resume=True, timeout=TIMEOUT_S)
+        gdown.download(url=url, output=str(path), resume=True, timeout=TIMEOUT_S, progress=_size_cap(url, path))
+    except DownloadError:  # past the size cap: what was written is not the file
+        for partial in _partial_files(path):
+            partial.unlink()
+        raise
     except (requests.ConnectionError, requests.Timeout) as err:
         raise DownloadError(f"cannot reach {url} ({err.__class__.__name__}): offline? rerun when online, or "
                             f"{_by_hand(release, path)}") from None
@@ -51,7 +67,7 @@ def _gdown(release, path, url):
         raise DownloadError(f"{url}: Google Drive did not hand out the file (quota exceeded or access denied); "
                             f"rerun tomorrow, or {_by_hand(release, path)}") from None
     except requests.RequestException as err:
-        raise DownloadError(f"{url}: {err}; {_by_hand(release, path)}") from None
+        raise DownloadError(f"{url}: {_first_line(err)}; {_by_hand(release, path)}") from None  # a redirect loop
     except OSError as err:  # a full disk or an unwritable folder while gdown writes the partial file
         raise DownloadError(f"cannot write {err.filename or path.parent} ({err.strerror or err}): free space or "
                             "fix the folder and rerun to resume") from None

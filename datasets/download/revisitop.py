@@ -13,7 +13,7 @@ extraction). Every image of every list is checked at the end.
 """
 
 from datasets.download.archive import extract_archive
-from datasets.download.fetch import DownloadError, fetch
+from datasets.download.fetch import MAX_ARCHIVE_BYTES, MAX_LIST_BYTES, DownloadError, fetch
 from datasets.revisitop import R1M, dataset_dir, gnd_path, images_dir, load_revisitop
 from utils.errors import InputError
 
@@ -30,7 +30,7 @@ def download_revisitop(data_root, name, images_url, gnd_url=GND_URL):
     root = dataset_dir(data_root, name)
     images_dir(data_root, name).mkdir(parents=True, exist_ok=True)
     gnd = gnd_path(data_root, name)
-    fetch(f"{gnd_url}/{name}/gnd_{name}.pkl", gnd)
+    fetch(f"{gnd_url}/{name}/gnd_{name}.pkl", gnd, MAX_LIST_BYTES)
     try:
         dataset = load_revisitop(data_root, name)
     except InputError as err:
@@ -38,7 +38,7 @@ def download_revisitop(data_root, name, images_url, gnd_url=GND_URL):
     archives = ARCHIVES[name]
     if dataset.missing_images():
         for archive in archives:
-            fetch(f"{images_url}/{archive}", root / archive)
+            fetch(f"{images_url}/{archive}", root / archive, MAX_ARCHIVE_BYTES)
         for archive in archives:
             extract_archive(root / archive, images_dir(data_root, name), flatten=True)
     dataset.check_images()
@@ -51,14 +51,14 @@ def download_r1m(data_root, url=R1M_URL):
     """The R1M distractors: the image list, then each part not yet marked done (downloaded, extracted, deleted)."""
     root = dataset_dir(data_root, R1M)
     images_dir(data_root, R1M).mkdir(parents=True, exist_ok=True)
-    fetch(f"{url}/{R1M}.txt", root / f"{R1M}.txt")
+    fetch(f"{url}/{R1M}.txt", root / f"{R1M}.txt", MAX_LIST_BYTES)
     parts = R1M_PARTS
     for i in range(1, parts + 1):
         archive = root / f"{R1M}.{i}.tar.gz"
         done = root / f"{archive.name}.done"
         if done.exists():
             continue
-        fetch(f"{url}/jpg/{archive.name}", archive, desc=f"[{i}/{parts}] {archive.name}")
+        fetch(f"{url}/jpg/{archive.name}", archive, MAX_ARCHIVE_BYTES, desc=f"[{i}/{parts}] {archive.name}")
         extract_archive(archive, images_dir(data_root, R1M), flatten=False)
         done.touch()
         archive.unlink()

@@ -27,6 +27,9 @@ sets), so two runs with the same seed give identical bytes, with any number of w
 Command line: ``python -m datasets.synthetic --root DIR`` (``--help`` lists every flag).
 """
 
+import utils.command  # noqa: F401  (first: Ctrl-C while the modules below import is one line, exit 130)
+
+# isort: split
 from datasets.synthetic.cli import main
 from datasets.synthetic.landmarks import CANVAS, Landmark, render_landmark
 from datasets.synthetic.palette import NUM_PALETTES

@@ -11,17 +11,24 @@ from pathlib import Path
 from datasets.gldv2 import GLDV2_DIR
 from datasets.synthetic.tasks import TEST_NAME
 from datasets.synthetic.world import ensure_generated, generate
+from utils import checks
 from utils.errors import fail_cleanly
 from utils.paths import writable_folder
 
 
-def _range_arg(text):
-    parts = text.split("-") if "-" in text else [text, text]
-    try:
-        low, high = (int(part) for part in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
-    return (low, high)
+def _range(lowest, highest):
+    """An argparse ``type``: N or MIN-MAX with ``lowest <= MIN <= MAX <= highest``, as a (MIN, MAX) pair."""
+    def range_arg(text):
+        parts = text.split("-") if "-" in text else [text, text]
+        try:
+            low, high = (int(part) for part in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+        if not lowest <= low <= high <= highest:
+            raise argparse.ArgumentTypeError(f"expected N or MIN-MAX from {lowest} to {highest}, got {text!r}")
+        return (low, high)
+
+    return range_arg
 
 
 def _dir_size(root):
@@ -40,31 +47,31 @@ def get_args_parser():
     parser.add_argument("--root", required=True, metavar="DIR",
                         help=f"the data root to write: the training set goes to DIR/{GLDV2_DIR}, the test set to "
                              f"DIR/test/{TEST_NAME}; nothing else in DIR is touched")
-    parser.add_argument("--seed", type=int, metavar="S", default=0,
+    parser.add_argument("--seed", type=checks.SEED, metavar="S", default=0,
                         help="world seed: the same seed and flags give the same bytes with the same Pillow "
                              "(default 0)")
-    parser.add_argument("--train-landmarks", type=int, metavar="N", default=200,
+    parser.add_argument("--train-landmarks", type=checks.int_in(1, 10**5), metavar="N", default=200,
                         help="number of training landmarks (default 200)")
-    parser.add_argument("--images-per-landmark", type=_range_arg, metavar="N|MIN-MAX", default=(10, 20),
+    parser.add_argument("--images-per-landmark", type=_range(2, 1000), metavar="N|MIN-MAX", default=(10, 20),
                         help="training photos per landmark, N or MIN-MAX (default 10-20)")
-    parser.add_argument("--test-landmarks", type=int, metavar="N", default=20,
+    parser.add_argument("--test-landmarks", type=checks.int_in(1, 10**4), metavar="N", default=20,
                         help="number of unseen test landmarks that have queries (default 20)")
-    parser.add_argument("--queries-per-landmark", type=_range_arg, metavar="N|MIN-MAX", default=(1, 2),
+    parser.add_argument("--queries-per-landmark", type=_range(1, 100), metavar="N|MIN-MAX", default=(1, 2),
                         help="queries per test landmark, N or MIN-MAX (default 1-2)")
-    parser.add_argument("--db-views-per-landmark", type=_range_arg, metavar="N|MIN-MAX", default=(8, 12),
+    parser.add_argument("--db-views-per-landmark", type=_range(2, 1000), metavar="N|MIN-MAX", default=(8, 12),
                         help="database views per test landmark, labelled easy/hard/junk, N or MIN-MAX (default "
                              "8-12; more are added if a landmark lacks an easy or a hard one)")
-    parser.add_argument("--distractors", type=int, metavar="N", default=150,
+    parser.add_argument("--distractors", type=checks.int_in(0, 10**6), metavar="N", default=150,
                         help="database images no query shows: ~40%% background-only, ~60%% views of other unseen "
                              "landmarks (default 150)")
-    parser.add_argument("--image-size", type=_range_arg, metavar="N|MIN-MAX", default=(128, 160),
+    parser.add_argument("--image-size", type=_range(96, 4096), metavar="N|MIN-MAX", default=(128, 160),
                         help="longer side of every image in pixels, N or MIN-MAX (default 128-160; shorter side "
                              ">= 96)")
-    parser.add_argument("--workers", type=int, metavar="N", default=None,
+    parser.add_argument("--workers", type=checks.WORKERS, metavar="N", default=None,
                         help="generator processes (default: min(2, CPU count); 0 or 1: no subprocesses)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a complete matching world exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
+    return checks.check_flags(parser)
 
 
 @fail_cleanly
