@@ -88,11 +88,17 @@ def test_resume_with_another_extractor_is_one_line(gldv2, trained, tmp_path, cap
     assert stop.value.code == 2 and line.startswith("error: --resume ") and "SHA-256 differs" in line
 
 
-def test_without_extractor_train_py_says_so(capsys):
+def test_without_extractor_or_with_one_without_local_features_train_py_says_so(gldv2, eval_inputs, tmp_path,
+                                                                               capsys):
     with pytest.raises(SystemExit) as stop:
         train.main([*FLAGS, "--data-root", "nowhere"])
     [line] = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and line.startswith("error: --model aggregator needs --extractor CKPT")
+    with pytest.raises(SystemExit) as stop:
+        run(gldv2, eval_inputs[1], tmp_path / "run", "--epochs", "1")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and line == (f"error: --extractor {eval_inputs[1]}: a 'token' model has no local "
+                                             "features; pass a HOW or DELG checkpoint")
 
 
 def test_test_py_evaluates_the_aggregator_through_the_global_path(trained, eval_inputs, tmp_path):

@@ -3,10 +3,10 @@
 Every train and val image is resized as HOW's evaluation resizes a database image (thumbnail to ``--imsize``), and the
 extractor's ``forward_local`` keeps its ``--num-features`` best local features over HOW's 7 scales
 (``retrieval.local_features``: the same extraction as test.py --local-features). They are kept in float16 shards of
-the feature store (``retrieval.features``) under ``<output-dir>/features/train_local/`` and ``val_local/``: shared by
-the ranks, resumed after an interruption, reused by a later run while the extractor file, ``--imsize``,
-``--num-features`` and the image files are the same. The shards are not merged (the full GLDv2 at 1,000 features
-would be 405 GB): training reads their rows through memory maps (``ShardRows``).
+the local-feature store (``retrieval.local_features.LocalFeatureStore``) under ``<output-dir>/features/train_local/``
+and ``val_local/``: shared by the ranks, resumed after an interruption, reused by a later run while the extractor file,
+``--imsize``, ``--num-features`` and the image files are the same. The shards are not merged (the full GLDv2 at 1,000
+features would be 405 GB): every rank reads their rows through memory maps (``ShardRows``).
 
 Augmentation (``--keep-min``): each training set keeps a random subset of its features, a fraction drawn uniformly in
 [keep_min, 1] (at least one feature), in their order; val sets keep all.
@@ -14,7 +14,6 @@ Augmentation (``--keep-min``): each training set keeps a random subset of its fe
 
 import logging
 import math
-from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -24,46 +23,21 @@ from torch.utils.data import Dataset
 
 from datasets.collection import CollectionImages
 from retrieval.extract import extract_spans, load_for_extraction
-from retrieval.features import FeatureStore, feature_key
-from retrieval.local_features import LOCAL_DIM, LOCAL_SCALES, LOCAL_SHARD_SIZE, check_local_model, local_key, local_rows
-from utils.atomic import read_json
+from retrieval.features import SHARD_SIZE, feature_key
+from retrieval.local_features import LOCAL_DIM, LOCAL_SCALES, LocalFeatureStore, local_key, local_rows, local_shard_size
+from utils.errors import InputError
 
 log = logging.getLogger("train")
 
 FLOAT16_BYTES = 2
 
 
-class ShardStore(FeatureStore):
-    """A float16 feature store whose sets stay in their shards: ``load(..., merge=False)`` extracts or reuses them
-    without reading them into memory (it returns None); ``rows`` reads them."""
+class TrainingFeatureStore(LocalFeatureStore):
+    """The local-feature store, whose sets every rank reads (``rows``) once rank 0 has written them."""
 
-    def __init__(self, root, env, progress=True):
-        super().__init__(root, env, progress, np.float16)
-
-    def _merge(self, name, count, dim, size):
-        return None
-
-    def rows(self, name, count):
-        """The ``count`` rows of set ``name``, once every shard is written."""
-        size = read_json(self._shards(name) / "meta.json")["shard_size"]
-        return ShardRows([self._shard(name, k) for k in range(math.ceil(count / size))], size, count)
-
-
-class ShardRows(Sequence):
-    """The rows of a set kept in shards of ``size`` rows, each shard memory-mapped when first read."""
-
-    def __init__(self, paths, size, count):
-        self.paths, self.size, self.count = paths, size, count
-        self.maps = [None] * len(paths)
-
-    def __len__(self):
-        return self.count
-
-    def __getitem__(self, index):
-        k, row = divmod(index, self.size)
-        if self.maps[k] is None:
-            self.maps[k] = np.load(self.paths[k], mmap_mode="r")
-        return self.maps[k][row]
+    def rows(self, name, count, dim):
+        """Set ``name``'s ``count`` rows of ``dim`` values, its shards memory-mapped (``ShardRows``)."""
+        return self._read(name, count, dim, merge=False)[0]
 
 
 class CachedLocalFeatures(Dataset):
@@ -101,19 +75,22 @@ def local_feature_sets(args, env, split, output_dir):
              "%s: %.2f GB in float16 under %s", len(split.train), len(split.val), args.num_features,
              len(LOCAL_SCALES), args.imsize, args.extractor, size / 1e9, output_dir / "features")
     extractor = load_for_extraction(args.extractor, env.device)
-    check_local_model(extractor)
-    store = ShardStore(output_dir / "features", env, args.progress)
+    if not callable(getattr(extractor, "forward_local", None)):
+        raise InputError(f"--extractor {args.extractor}: a {extractor.config.model!r} model has no local features; "
+                         "pass a HOW or DELG checkpoint")
+    store = TrainingFeatureStore(output_dir / "features", env, args.progress)
     data = {}
     for name, samples in sets.items():
         paths = [str(split.root / path) for path, _ in samples]
         key = local_key(feature_key(args.extractor, args.imsize, LOCAL_SCALES, False, paths), args.num_features)
         compute = partial(_extract, extractor, CollectionImages(paths, args.imsize), width, env, args)
-        _, ms = store.load(name, key, len(paths), width, compute, LOCAL_SHARD_SIZE, merge=False)
+        _, ms = store.load(name, key, len(paths), width, compute, local_shard_size(SHARD_SIZE, args.num_features),
+                           merge=False)
         if ms is not None:
             log.info("%s: %.1f ms an image on %s", name, ms, env.device.type)
         if env.distributed:
             dist.barrier()  # rank 0 has written the set's meta.json
-        data[name] = store.rows(name, len(paths))
+        data[name] = store.rows(name, len(paths), width)
     del extractor
     return (CachedLocalFeatures(data["train_local"], [label for _, label in split.train], args.keep_min),
             CachedLocalFeatures(data["val_local"], [label for _, label in split.val]))
