@@ -2,7 +2,10 @@
 checkpoint: the features are cached once and reused, the loss falls, a killed run resumes where it would have been,
 and the checkpoint names its extractor, which evaluation loads (one line when it is missing or another file)."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ import visualize
 from datasets.revisitop import RevisitopImages, load_revisitop
 from networks import DELG, HOW, LocalAggregation, TokenAggregator
 from networks.aggregator import padded_local_features
+from tests.conftest import ROOT
 from tests.eval_sets import run_test
 from tests.test_train import Killed, kill_after_saving
 from training.checkpointer import load_training_state
@@ -166,3 +170,20 @@ def test_visualize_draws_the_tokens_attention_and_refuses_a_model_without_tokens
     with pytest.raises(SystemExit) as stop:
         visualize.main(["attention", "--checkpoint", str(extractor), "--images", *images, "--out", str(out)])
     assert stop.value.code == 2 and "a 'how' model has no tokens" in capsys.readouterr().err
+
+
+def test_two_processes_share_the_extraction_and_train_on_the_same_features(gldv2, extractor, trained, tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py", *FLAGS,
+         "--extractor", str(extractor), "--data-root", str(gldv2), "--output-dir", str(out), "--epochs", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "2 process(es)" in result.stderr and load_training_state(out / "last.pth")["step"] == 6
+
+    def rows(run):
+        shards = sorted((run / "features" / "train_local").glob("shard_*.npy"))
+        return np.concatenate([np.load(shard) for shard in shards])
+
+    assert len(list((out / "features" / "train_local").glob("shard_*.npy"))) == 2  # one a rank
+    np.testing.assert_array_equal(rows(out), rows(trained))
