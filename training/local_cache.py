@@ -72,8 +72,9 @@ def local_feature_sets(args, env, split, output_dir):
     width = args.num_features * LOCAL_DIM
     size = sum(map(len, sets.values())) * width * FLOAT16_BYTES
     log.info("local features of %d train and %d val images (the best %d of each over %d scales, --imsize %d) by "
-             "%s: %.2f GB in float16 under %s", len(split.train), len(split.val), args.num_features,
-             len(LOCAL_SCALES), args.imsize, args.extractor, size / 1e9, output_dir / "features")
+             "%s: %s in float16 under %s", len(split.train), len(split.val), args.num_features, len(LOCAL_SCALES),
+             args.imsize, args.extractor, f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB",
+             output_dir / "features")
     extractor = load_for_extraction(args.extractor, env.device)
     if not callable(getattr(extractor, "forward_local", None)):
         raise InputError(f"--extractor {args.extractor}: a {extractor.config.model!r} model has no local features; "
