@@ -25,6 +25,9 @@ EXCEPTIONS = {
     # `from networks import load_model, load_token`, the public names of the README and notebooks, re-exported
     # on first use (a module __getattr__): weights builds on networks, so it cannot be imported up front
     "networks/__init__.py": {"weights.checkpoint"},
+    # train.py --model aggregator trains on local features extracted and stored exactly as test.py --local-features
+    # extracts and stores them: the same extraction, feature store and packing, not a copy of them
+    "training/local_cache.py": {"retrieval.extract", "retrieval.features", "retrieval.local_features"},
 }
 
 

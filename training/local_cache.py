@@ -68,6 +68,8 @@ class CachedLocalFeatures(Dataset):
 def local_feature_sets(args, env, split, output_dir):
     """The train and val ``CachedLocalFeatures`` of ``split`` by the extractor ``args.extractor``, extracted first
     when they are not cached under ``output_dir/features``."""
+    if args.local_dim != LOCAL_DIM:
+        raise InputError(f"--local-dim {args.local_dim}: the cached local features are {LOCAL_DIM}-d")
     sets = {"train_local": split.train, "val_local": split.val}
     width = args.num_features * LOCAL_DIM
     size = sum(map(len, sets.values())) * width * FLOAT16_BYTES

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 from networks.config import CONFIGS
-from retrieval.local_features import LOCAL_DIM
 from training.engine import AMP_DTYPES, MIN_BATCH
 from utils import checks
 from utils.errors import InputError
@@ -198,8 +197,6 @@ def check_aggregator_args(args):
         raise InputError("--model aggregator needs --extractor CKPT: the model whose local features it aggregates")
     if not 0 < args.keep_min <= 1:
         raise InputError(f"--keep-min {args.keep_min}: expected a fraction in (0, 1]")
-    if args.local_dim != LOCAL_DIM:
-        raise InputError(f"--local-dim {args.local_dim}: the cached local features are {LOCAL_DIM}-d")
 
 
 def check_paths(args):
