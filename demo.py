@@ -30,7 +30,7 @@ import torch
 
 from datasets.synthetic import ensure_generated
 from networks import build_model
-from retrieval.evaluation import EvalSettings, evaluate_checkpoint
+from retrieval.evaluation import evaluate_checkpoint
 from retrieval.figures import plot_attention, plot_retrievals
 from retrieval.revisited import PROTOCOLS
 from training.options import check_args, parse_args
@@ -85,16 +85,7 @@ def recipe_of(args):
 
 def training_args(recipe, name, progress=True):
     """train.py's flags for the demo's model ``name``, parsed and checked (before any work is done)."""
-    config = recipe.config(name)
-    flags = ["--model", config.model, *config.as_flags(), "--data-root", recipe.data_root,
-             "--output-dir", str(Path(recipe.run_dir) / name), "--no-pretrained", "--device", "cpu",
-             "--workers", "0", "--imsize", str(recipe.imsize), "--epochs", str(recipe.epochs),
-             "--batch-size", str(recipe.batch_size), "--optimizer", "adamw", "--lr", str(recipe.lr),
-             "--weight-decay", str(recipe.weight_decay), "--schedule", "cosine",
-             "--warmup-epochs", str(recipe.warmup_epochs), "--warmup-lr", str(recipe.lr / 100),
-             "--seed", str(recipe.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter", "--pipeline", "released",
-             *([] if progress else ["--no-progress"])]
-    args = parse_args(flags)
+    args = parse_args(recipe.train_flags(name, progress))
     check_args(args, CPU)
     return args
 
@@ -135,10 +126,8 @@ def _train_and_evaluate(recipe, name, progress):
         args = training_args(recipe, name, progress)
         train(args, CPU)
         out, checkpoint = Path(args.output_dir), Path(args.output_dir) / "last.pth"
-    settings = EvalSettings(checkpoint=str(checkpoint), data_root=recipe.data_root, datasets=["synthetic"],
-                            imsize=recipe.test_imsize, device="cpu", workers=0, output_dir=str(out / "eval"),
-                            progress=progress)
-    exact = evaluate_checkpoint(settings, CPU)["datasets"]["synthetic"]["runs"]["exact"]
+    report = evaluate_checkpoint(recipe.eval_settings(checkpoint, out / "eval", progress), CPU)
+    exact = report["datasets"]["synthetic"]["runs"]["exact"]
     logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
     drawn = figures(recipe) if name == "token" else []  # while the other worker finishes
     return {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}, drawn
