@@ -1,15 +1,18 @@
 """experiments/: the table scripts hold the paper's rows (their flags parse with train.py's parser, each row builds
 its model) and ``python -m experiments.ablations`` runs, stores, skips and tabulates the same rows."""
 
+import json
 import os
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from experiments import ablations
+from experiments import ablations, probe
 from experiments.report import markdown
 from experiments.runner import plan
 from experiments.tables import PAPER_TABLES, TABLES, Row, Table
@@ -17,6 +20,7 @@ from networks import build_model
 from networks.config import TokenConfig
 from training.options import model_config, parse_args
 from training.recipes import DEMO
+from weights import model_state, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ROWS = [(table, row) for table in PAPER_TABLES for row in TABLES[table].rows]
@@ -105,3 +109,25 @@ def test_quick_run_stores_each_job_and_does_not_run_a_finished_one_again(tmp_pat
     assert result.stat().st_mtime_ns == stamp
     table = (tmp_path / "runs" / "ablations.md").read_text()
     assert "| L = 1 (`L1`) | - | " in table and "| 3 |" in table and (tmp_path / "runs" / "ablations.png").is_file()
+
+
+def test_probe_sees_queries_at_their_initialisation_and_after_they_moved(tmp_path, capsys):
+    images = tmp_path / "jpg"
+    images.mkdir()
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{i}.jpg")
+    config = replace(TokenConfig(**DEMO.model), dim=32, out_dim=32)
+    torch.manual_seed(7)
+    model = build_model(config, pretrained=False)
+    save_checkpoint(model_state(model), tmp_path / "init.pth")
+    with torch.no_grad():
+        model.tokenizer.queries[0, 1] *= -1
+    save_checkpoint(model_state(model), tmp_path / "moved.pth")
+    probe.main([str(tmp_path / "init.pth"), str(tmp_path / "moved.pth"), "--images", str(images), "--seed", "7"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("queries' cosine to their initialisation [1.0, 1.0, 1.0, 1.0]")
+    assert lines[1].endswith("queries' cosine to their initialisation [1.0, -1.0, 1.0, 1.0]")
+    assert "positions per image 9;" in lines[0]  # 96 x 80 px: a 3 x 3 map at stride 32 (rounded up)
+    shares = json.loads(lines[0].split("share of each token ")[1].split(";")[0])
+    assert len(shares) == 4 and abs(sum(shares) - 1) < 0.01
