@@ -46,7 +46,8 @@ def get_args_parser():
                         help="folder of the jobs' checkpoints and results, and of ablations.md and ablations.png")
     parser.add_argument("--quick", action="store_true",
                         help="the demo's tiny recipe (a few images, one epoch): checks the pipeline, not the models")
-    parser.add_argument("--dry-run", action="store_true", help="list the jobs, done or to run, and stop")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="train nothing: list the jobs, done or to run, and write the tables of those done")
     return checks.check_flags(parser)
 
 
@@ -84,16 +85,16 @@ def main(argv=None):
     base = QUICK if args.quick else DEMO
     rows = [row for table in tables.values() for row in table.rows]
     jobs = plan(rows, list(dict.fromkeys(args.seeds)), base, args.data_root, args.run_dir)
+    for job in jobs:  # bad settings stop here, before any work
+        job.training_args()
+    writable_folder(args.run_dir, "--run-dir")
+    started, failed = time.time(), []
     if args.dry_run:
         for job in jobs:
             print(f"{'done' if load_result(job) else 'to run'}: {job.name} -> {job.folder}")
-        return 0
-    for job in jobs:  # bad settings stop here, before any work
-        job.training_args()
-    writable_folder(args.data_root, "--data-root")
-    writable_folder(args.run_dir, "--run-dir")
-    started = time.time()
-    failed = run_jobs(jobs, args.jobs)
+    else:
+        writable_folder(args.data_root, "--data-root")
+        failed = run_jobs(jobs, args.jobs)
     text, written = write_tables(tables, jobs, args.run_dir)
     print(f"\n{(time.time() - started) / 60:.1f} min\n\n{text}\nwrote {', '.join(map(str, written))}")
     if failed:

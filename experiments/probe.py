@@ -1,6 +1,7 @@
-"""What a trained Token's attention tokenizer does (docs/ablations.md, "Why Token trails GeM"): on some images, the
-spread of its logits, how hard its softmax over the L tokens is, the share of positions each token takes, and how
-far its queries moved from their initialisation (rebuilt from the training seed, as train.py draws it).
+"""What a trained Token's tokenizer does (docs/ablations.md, "Why Token trails GeM"): on some images, how hard its
+assignment (the softmax over the L tokens) is, the share of positions each token takes, the spread of the attention
+tokenizer's logits, and how far its queries or centres moved from their initialisation (rebuilt from the training
+seed, as train.py draws it).
 
     python -m experiments.probe runs/demo/token/last.pth --images data/synthetic/test/synthetic/jpg --seed 0
 """
@@ -17,11 +18,13 @@ from utils import checks
 from utils.errors import InputError, fail_cleanly
 from weights import load_token
 
+CENTRES = {"attention": "queries", "learned": "centres", "vq": "ema_centres"}  # Tokenizer attribute, (1, L, d)
+
 
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="python -m experiments.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="trained Tokens (attention tokenizer)")
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="trained Tokens (with tokens)")
     parser.add_argument("--images", required=True, help="folder of .jpg images to run them on")
     parser.add_argument("--count", type=checks.int_in(1, 10000), default=64, help="images taken, by name order")
     parser.add_argument("--imsize", type=checks.IMSIZE, default=96, help="longer side of each image (pixels)")
@@ -45,23 +48,29 @@ def load_images(folder, count, imsize):
 @torch.no_grad()
 def probe(model, images, seed):
     """The tokenizer's statistics over ``images`` (normalised tensors), as a dict."""
-    if model.tokenizer is None or model.tokenizer.kind != "attention":
-        raise InputError("the checkpoint has no attention tokenizer")
+    if model.tokenizer is None:
+        raise InputError("the checkpoint pools its local features: it has no tokenizer")
     model.eval()
-    logits, positions = [], 0
+    tokenizer, assignments, logits, positions = model.tokenizer, [], [], 0
     for image in images:
         x, _ = model.local_features(image[None])
-        logits.append((model.tokenizer.queries @ x.transpose(1, 2))[0])  # (L, N)
+        assignments.append(tokenizer.assignment(x)[0])  # (L, N)
+        if tokenizer.kind == "attention":
+            logits.append((tokenizer.queries @ x.transpose(1, 2)).flatten())
         positions += x.shape[1]
-    logits = torch.cat(logits, dim=1)
-    assignment = logits.softmax(dim=0)
+    assignment = torch.cat(assignments, dim=1)
     torch.manual_seed(seed)
-    initial = build_model(model.config, pretrained=False).tokenizer.queries
-    return {"positions per image": positions / len(images), "logit std": logits.std().item(),
-            "mean largest assignment": assignment.max(dim=0).values.mean().item(),
-            "share of each token": [round(v, 3) for v in assignment.mean(dim=1).tolist()],
-            "queries' cosine to their initialisation": [
-                round(v, 4) for v in F.cosine_similarity(model.tokenizer.queries[0], initial[0], dim=-1).tolist()]}
+    name = CENTRES[tokenizer.kind]
+    initial = getattr(build_model(model.config, pretrained=False).tokenizer, name)[0]
+    trained = getattr(tokenizer, name)[0]
+    stats = {"positions per image": positions / len(images),
+             "mean largest assignment": assignment.max(dim=0).values.mean().item(),
+             "share of each token": [round(v, 3) for v in assignment.mean(dim=1).tolist()]}
+    if logits:
+        stats["logit std"] = torch.cat(logits).std().item()
+    return {**stats, f"{name}' relative change": ((trained - initial).norm() / initial.norm()).item(),
+            f"{name}' cosine to their initialisation": [
+                round(v, 4) for v in F.cosine_similarity(trained, initial, dim=-1).tolist()]}
 
 
 @fail_cleanly

@@ -107,8 +107,14 @@ def test_quick_run_stores_each_job_and_does_not_run_a_finished_one_again(tmp_pat
     again = capsys.readouterr().out
     assert f"done before: num_tokens=1 seed 3 ({result})" in again and "[1/1]" not in again
     assert result.stat().st_mtime_ns == stamp
+    (tmp_path / "runs" / "ablations.md").unlink()
+    assert ablations.main([*argv, "--rows", "L1", "L2", "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "done: num_tokens=1 seed 3" in listed and "to run: num_tokens=2 seed 3" in listed
+    assert not (tmp_path / "runs" / "num_tokens=2").exists()
     table = (tmp_path / "runs" / "ablations.md").read_text()
-    assert "| L = 1 (`L1`) | - | " in table and "| 3 |" in table and (tmp_path / "runs" / "ablations.png").is_file()
+    assert "| L = 1 (`L1`) | - | " in table and "| 3 |" in table and "| L = 2 (`L2`) | - | not run |" in table
+    assert (tmp_path / "runs" / "ablations.png").is_file()
 
 
 def test_probe_sees_queries_at_their_initialisation_and_after_they_moved(tmp_path, capsys):
