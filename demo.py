@@ -30,7 +30,7 @@ import torch
 
 from datasets.synthetic import ensure_generated
 from networks import build_model
-from retrieval.evaluation import evaluate_checkpoint
+from retrieval.evaluation import EvalSettings, evaluate_checkpoint
 from retrieval.figures import plot_attention, plot_retrievals
 from retrieval.revisited import PROTOCOLS
 from training.options import check_args, parse_args
@@ -126,7 +126,7 @@ def _train_and_evaluate(recipe, name, progress):
         args = training_args(recipe, name, progress)
         train(args, CPU)
         out, checkpoint = Path(args.output_dir), Path(args.output_dir) / "last.pth"
-    report = evaluate_checkpoint(recipe.eval_settings(checkpoint, out / "eval", progress), CPU)
+    report = evaluate_checkpoint(EvalSettings(**recipe.eval_settings(checkpoint, out / "eval", progress)), CPU)
     exact = report["datasets"]["synthetic"]["runs"]["exact"]
     logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
     drawn = figures(recipe) if name == "token" else []  # while the other worker finishes

@@ -19,7 +19,7 @@ import torch
 
 from datasets.gldv2 import load_gldv2
 from datasets.synthetic import ensure_generated
-from retrieval.evaluation import evaluate_checkpoint
+from retrieval.evaluation import EvalSettings, evaluate_checkpoint
 from retrieval.revisited import PROTOCOLS
 from training.options import check_args, parse_args
 from training.run import train
@@ -95,7 +95,8 @@ def run_job(job):
     started = time.time()
     args = job.training_args()
     train(args, CPU)
-    settings = job.recipe.eval_settings(Path(args.output_dir) / "last.pth", job.folder / "token" / "eval", False)
+    checkpoint = Path(args.output_dir) / "last.pth"
+    settings = EvalSettings(**job.recipe.eval_settings(checkpoint, job.folder / "token" / "eval", False))
     exact = evaluate_checkpoint(settings, CPU)["datasets"]["synthetic"]["runs"]["exact"]
     result = {"mAP": {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}, "job": job.row.job,
               "seed": job.seed, "minutes": (time.time() - started) / 60, "recipe": job.recipe.__dict__}

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from networks.config import CONFIGS, TokenConfig
-from retrieval.settings import EvalSettings
 
 # demo.py --models name -> the model it trains (token, gem) or initialises (untrained): the gem row is Token with
 # GeM pooling of its local features in place of the tokens (networks/token.py); every other name is a Table 1
@@ -55,10 +54,10 @@ class DemoRecipe:
                 *([] if progress else ["--no-progress"])]
 
     def eval_settings(self, checkpoint, output_dir, progress=True):
-        """How test.py evaluates ``checkpoint`` on the world's ``synthetic`` test set (three scales, exact search)."""
-        return EvalSettings(checkpoint=str(checkpoint), data_root=self.data_root, datasets=["synthetic"],
-                            imsize=self.test_imsize, device="cpu", workers=0, output_dir=str(output_dir),
-                            progress=progress)
+        """``retrieval.evaluation.EvalSettings`` fields that evaluate ``checkpoint`` as test.py does on the world's
+        ``synthetic`` test set (three scales, exact search), writing into ``output_dir``."""
+        return dict(checkpoint=str(checkpoint), data_root=self.data_root, datasets=["synthetic"],
+                    imsize=self.test_imsize, device="cpu", workers=0, output_dir=str(output_dir), progress=progress)
 
 
 # Every model: a ResNet-18 trained from scratch (no ImageNet weights offline) with the Token's ArcFace head settings
