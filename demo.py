@@ -93,16 +93,7 @@ def recipe_of(args):
 
 def training_args(recipe, name, progress=True):
     """train.py's flags for the demo's model ``name``, parsed and checked (before any work is done)."""
-    config = recipe.config(name)
-    flags = ["--model", config.model, *config.as_flags(), "--data-root", recipe.data_root,
-             "--output-dir", str(Path(recipe.run_dir) / name), "--no-pretrained", "--device", "cpu",
-             "--workers", "0", "--imsize", str(recipe.imsize), "--epochs", str(recipe.epochs),
-             "--batch-size", str(recipe.batch_size), "--optimizer", "adamw", "--lr", str(recipe.lr),
-             "--weight-decay", str(recipe.weight_decay), "--schedule", "cosine",
-             "--warmup-epochs", str(recipe.warmup_epochs), "--warmup-lr", str(recipe.lr / 100),
-             "--seed", str(recipe.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter", "--pipeline", "released",
-             *([] if progress else ["--no-progress"])]
-    args = parse_args(flags)
+    args = parse_args(recipe.train_flags(name, progress))
     check_args(args, CPU)
     return args
 
@@ -138,9 +129,8 @@ def run_model(recipe, name, progress, methods=()):
 def local_settings(recipe, checkpoint, out, method, progress):
     """test.py --local-features ``method`` of the trained HOW on the synthetic test set, codebooks trained on the
     world's training images (the default --codebook-images under the data root)."""
-    return EvalSettings(checkpoint=str(checkpoint), data_root=recipe.data_root, datasets=["synthetic"],
-                        imsize=recipe.test_imsize, device="cpu", workers=0, output_dir=str(out / f"eval-{method}"),
-                        progress=progress, local=method, asmk_words=recipe.asmk_words)
+    return EvalSettings(**recipe.eval_settings(checkpoint, out / f"eval-{method}", progress), local=method,
+                        asmk_words=recipe.asmk_words)
 
 
 def _train_and_evaluate(recipe, name, progress, methods):
@@ -162,10 +152,8 @@ def _train_and_evaluate(recipe, name, progress, methods):
             logging.info("%s: mAP Medium %.2f", method, run["medium"]["mAP"])
             rows[f"how-{method}"] = {protocol: run[protocol]["mAP"] for protocol in PROTOCOLS}
         return rows, []
-    settings = EvalSettings(checkpoint=str(checkpoint), data_root=recipe.data_root, datasets=["synthetic"],
-                            imsize=recipe.test_imsize, device="cpu", workers=0, output_dir=str(out / "eval"),
-                            progress=progress)
-    exact = evaluate_checkpoint(settings, CPU)["datasets"]["synthetic"]["runs"]["exact"]
+    report = evaluate_checkpoint(EvalSettings(**recipe.eval_settings(checkpoint, out / "eval", progress)), CPU)
+    exact = report["datasets"]["synthetic"]["runs"]["exact"]
     logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
     drawn = figures(recipe) if name == "token" else []  # while the other worker finishes
     return {name: {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}}, drawn

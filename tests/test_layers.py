@@ -16,7 +16,8 @@ ALLOWED = {"utils": set(), "datasets": {"utils"}, "networks": {"utils"},
            "weights": {"utils", "datasets", "networks"},
            "training": {"utils", "datasets", "networks", "weights"},
            "retrieval": {"utils", "datasets", "networks", "weights"},
-           "benchmarks": {"utils", "datasets", "networks", "weights", "training", "retrieval"}}
+           "benchmarks": {"utils", "datasets", "networks", "weights", "training", "retrieval"},
+           "experiments": {"utils", "datasets", "networks", "weights", "training", "retrieval"}}
 PROJECT = set(ALLOWED) | SCRIPTS
 # file -> the modules of a layer above it that it may import as well (and nothing else of that layer), and why
 EXCEPTIONS = {

@@ -2,6 +2,7 @@
 the benchmarks measure (they reuse the demo's world and its trained checkpoint)."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from networks.config import CONFIGS, TokenConfig
 
@@ -40,6 +41,24 @@ class DemoRecipe:
         if name in TOKEN_VARIANTS:
             return TokenConfig(**self.model, **TOKEN_VARIANTS[name])
         return CONFIGS[name](**self.baselines[name])
+
+    def train_flags(self, name, progress=True):
+        """train.py's flags that train the model ``name`` with this recipe into ``run_dir/name``, on the CPU."""
+        config = self.config(name)
+        return ["--model", config.model, *config.as_flags(), "--data-root", self.data_root,
+                "--output-dir", str(Path(self.run_dir) / name), "--no-pretrained", "--device", "cpu",
+                "--workers", "0", "--imsize", str(self.imsize), "--epochs", str(self.epochs),
+                "--batch-size", str(self.batch_size), "--optimizer", "adamw", "--lr", str(self.lr),
+                "--weight-decay", str(self.weight_decay), "--schedule", "cosine",
+                "--warmup-epochs", str(self.warmup_epochs), "--warmup-lr", str(self.lr / 100),
+                "--seed", str(self.seed), "--crop-scale", "0.6", "1.0", "--no-color-jitter", "--pipeline", "released",
+                *([] if progress else ["--no-progress"])]
+
+    def eval_settings(self, checkpoint, output_dir, progress=True):
+        """``retrieval.evaluation.EvalSettings`` fields that evaluate ``checkpoint`` as test.py does on the world's
+        ``synthetic`` test set (three scales, exact search), writing into ``output_dir``."""
+        return dict(checkpoint=str(checkpoint), data_root=self.data_root, datasets=["synthetic"],
+                    imsize=self.test_imsize, device="cpu", workers=0, output_dir=str(output_dir), progress=progress)
 
 
 # Every model: a ResNet-18 trained from scratch (no ImageNet weights offline) with the Token's ArcFace head settings
