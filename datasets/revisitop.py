@@ -219,12 +219,6 @@ def resize_query(img, bbx, imsize):
     return crop if imsize is None else resize_database(crop, imsize * max(crop.size) / max(img.size))
 
 
-def how_resize(img, imsize, bbx=None):
-    """An image resized as HOW's evaluation resizes it (docs/FACTS.md, "HOW"), which is this module's resizing: a
-    database image (``bbx`` None) by ``resize_database``, a query cropped to ``bbx`` by ``resize_query``."""
-    return resize_database(img, imsize) if bbx is None else resize_query(img, bbx, imsize)
-
-
 class RevisitopImages(torch.utils.data.Dataset):
     """Images read with ``load_rgb``, resized for evaluation, as ImageNet-normalised tensors.
 

@@ -11,9 +11,9 @@ with float16) shards, resumes and reuses these rows exactly as it does global de
 descriptors an image make a row of 256 kB: 524 images), and a set kept in shards (R1M) is read from them memory-mapped
 (``LocalFeatureStore``, ``ShardRows``), so that the evaluation holds a slice of it at a time.
 
-Images are resized as HOW resizes them (``datasets.revisitop.how_resize``), which is the evaluation's resizing:
-thumbnail to ``imsize``, queries cropped to their box first, keeping their scale; one image goes through the model
-at a time.
+Images are resized as HOW resizes them, which is the evaluation's resizing (``datasets.revisitop.resize_database``
+and ``resize_query``): thumbnail to ``imsize``, queries cropped to their box first, keeping their scale; one
+image goes through the model at a time.
 """
 
 import math

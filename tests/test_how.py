@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.revisitop import how_resize
+from datasets.revisitop import resize_database, resize_query
 from networks import HOW, HOWConfig, build_model
 from networks.config import config_from_dict
 from tests.conftest import DATA
@@ -66,8 +66,8 @@ def inputs(g):
     """The three runs' resized PIL images: a and b database images, q image a cropped to the query box."""
     imsize = int(g["imsize"])
     image_a, image_b = Image.fromarray(g["image_a"]), Image.fromarray(g["image_b"])
-    return {"a": how_resize(image_a, imsize), "b": how_resize(image_b, imsize),
-            "q": how_resize(image_a, imsize, tuple(g["bbx"]))}
+    return {"a": resize_database(image_a, imsize), "b": resize_database(image_b, imsize),
+            "q": resize_query(image_a, tuple(g["bbx"]), imsize)}
 
 
 def tensor(g, image):

@@ -8,7 +8,7 @@ import torch
 import train
 from datasets.gldv2 import load_gldv2
 from datasets.images import load_rgb, to_normalized_tensor
-from datasets.revisitop import how_resize
+from datasets.revisitop import resize_database
 from networks import build_model
 from networks.pca_whitening import PCAWhitening
 from tests.test_train import COMMON, make_gldv2
@@ -41,7 +41,7 @@ def test_the_reduction_whitens_the_first_images_features_and_stays_frozen(handfu
     features = []
     with torch.no_grad():
         for path, _ in load_gldv2(handful).train[:12]:
-            image = to_normalized_tensor()(how_resize(load_rgb(handful / path), 64))[None]
+            image = to_normalized_tensor()(resize_database(load_rgb(handful / path), 64))[None]
             features.append(initial.attention_and_smoothed(image)[1][0].flatten(1).T.double())  # all 16 < 1000
     x = torch.cat(features).numpy()
     weight = model.dim_reduction.weight.detach().double().numpy()[:, :, 0, 0]

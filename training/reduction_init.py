@@ -2,8 +2,8 @@
 (docs/FACTS.md, "HOW", "Reduction initialisation"; docs/training.md, "HOW").
 
 The first ``--init-images`` images of the train split, resized as HOW's evaluation resizes a database image
-(``how_resize`` to ``--imsize``), go through the trunk at scale 1; the top 1,000 smoothed local features of each by
-attention are summed into their first and second moments (over all ranks), whose PCA whitening
+(``datasets.revisitop.resize_database`` to ``--imsize``), go through the trunk at scale 1; the top 1,000 smoothed
+local features of each by attention are summed into their first and second moments (over all ranks), whose PCA whitening
 P = diag(eigenvalue^-1/2) E^T (eigenvalues clipped at 1e-14) gives ``dim_reduction``: the first out_dim rows of P as
 its weight and -(P m) as its bias. ``networks.HOW`` never trains that layer.
 """
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from datasets.gldv2 import LandmarkImages, collate_skip_bad
 from datasets.images import to_normalized_tensor
-from datasets.revisitop import how_resize
+from datasets.revisitop import resize_database
 from networks.pca_whitening import PCAWhitening
 from utils.distributed import ShardSampler, all_reduce
 from utils.errors import InputError
@@ -28,7 +28,7 @@ EIGENVALUE_FLOOR = 1e-14  # HOW's
 
 
 def resized_tensor(imsize, image):
-    return to_normalized_tensor()(how_resize(image, imsize))
+    return to_normalized_tensor()(resize_database(image, imsize))
 
 
 @torch.no_grad()
