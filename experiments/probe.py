@@ -1,7 +1,7 @@
 """What a trained Token's tokenizer does (docs/ablations.md, "Why Token trails GeM"): on some images, how hard its
 assignment (the softmax over the L tokens) is, the share of positions each token takes, the spread of the attention
-tokenizer's logits, and how far its queries or centres moved from their initialisation (rebuilt from the training
-seed, as train.py draws it).
+tokenizer's logits as its softmax sees them (divided by its temperature), and how far its queries or centres moved
+from their initialisation (rebuilt from the training seed, as train.py draws it).
 
     python -m experiments.probe runs/demo/token/last.pth --images data/synthetic/test/synthetic/jpg --seed 0
 """
@@ -56,7 +56,7 @@ def probe(model, images, seed):
         x, _ = model.local_features(image[None])
         assignments.append(tokenizer.assignment(x)[0])  # (L, N)
         if tokenizer.kind == "attention":
-            logits.append((tokenizer.queries @ x.transpose(1, 2)).flatten())
+            logits.append((tokenizer.queries @ x.transpose(1, 2)).flatten() / tokenizer.temperature)
         positions += x.shape[1]
     assignment = torch.cat(assignments, dim=1)
     torch.manual_seed(seed)

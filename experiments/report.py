@@ -59,6 +59,7 @@ def plot(tables, results, path):
         ax.set_xticks(range(len(stats)), [row.key for row, _, _ in stats], rotation=30, ha="right")
         ax.set_title(f"Table {name}" if name.isdigit() else name)
         ax.set_ylabel("mAP (%)")
-        ax.legend()
+        if ax.containers:  # no legend for a table with no results yet
+            ax.legend()
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=100))
     return path

@@ -46,7 +46,7 @@ class ModelConfig:
     """What every model config does: check its values, round-trip through a dict and through train.py's flags.
 
     A subclass is a frozen dataclass with a ``model`` name, its fields made by ``_setting``; ``positive`` names the
-    fields that must be at least 1.
+    fields that must be greater than 0 (at least 1 for a whole number).
     """
 
     model: ClassVar[str]
@@ -59,7 +59,7 @@ class ModelConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         for name in self.positive:
-            if getattr(self, name) < 1:
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 
     @classmethod
@@ -123,7 +123,7 @@ class TokenConfig(ModelConfig):
     """The architecture and regularisation of a Token; the defaults are the released R101-Token."""
 
     model: ClassVar[str] = "token"
-    positive: ClassVar[tuple] = ("dim", "out_dim", "num_tokens", "heads")
+    positive: ClassVar[tuple] = ("dim", "out_dim", "num_tokens", "heads", "tokenizer_temperature")
 
     backbone: str = _setting("resnet101", "CNN trunk", BACKBONES)
     dim: int = _setting(1024, "channels d of the local features and tokens")
@@ -133,6 +133,8 @@ class TokenConfig(ModelConfig):
     lfsa_blocks: int = _setting(1, "local feature self-attention blocks (Table 3)")
     refinement_blocks: int = _setting(2, "refinement blocks N (Table 4)")
     tokenizer: str = _setting("attention", "tokenizer kind (Table 5)", TOKENIZERS)
+    tokenizer_temperature: float = _setting(1.0, "the tokenizer's logits are divided by it before the softmax: 1 as "
+                                                 "released; sqrt(--dim) keeps the softmax from saturating (ours)")
     aggregation: str = _setting("tokens", "tokens (the paper's), or the SPoC (Table 3) / GeM pooling of the local "
                                 "features", AGGREGATIONS)
     cross_attention: bool = _setting(True, "refinement blocks without cross-attention (Table 4)")
@@ -268,7 +270,8 @@ class AggregatorConfig(ModelConfig):
     docs/models.md, "The Token aggregator over local features")."""
 
     model: ClassVar[str] = "aggregator"
-    positive: ClassVar[tuple] = ("local_dim", "num_features", "dim", "out_dim", "num_tokens", "heads")
+    positive: ClassVar[tuple] = ("local_dim", "num_features", "dim", "out_dim", "num_tokens", "heads",
+                                 "tokenizer_temperature")
 
     local_dim: int = _setting(128, "width of the extractor's local descriptors")
     num_features: int = _setting(1000, "local features per image, the extractor's best by attention over its scales "
@@ -276,6 +279,8 @@ class AggregatorConfig(ModelConfig):
     dim: int = _setting(1024, "width d of the projected local features and of the tokens")
     out_dim: int = _setting(1024, "size of the global descriptor")
     num_tokens: int = _setting(4, "number of visual tokens L")
+    tokenizer_temperature: float = _setting(1.0, "the tokenizer's logits are divided by it before the softmax: 1 as "
+                                                 "Token's release; sqrt(--dim) keeps the softmax from saturating")
     heads: int = _setting(8, "attention heads; must divide --dim")
     refinement_blocks: int = _setting(2, "refinement blocks (self-attention, then cross-attention to the features)")
     dropout: float = _setting(0.1, "dropout in attention")

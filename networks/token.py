@@ -47,7 +47,8 @@ class Token(ArcFaceModel):
                                   for _ in range(config.lfsa_blocks))
         self.tokenizer = self.refinement = self.pool = None
         if config.aggregation == "tokens":
-            self.tokenizer = Tokenizer(dim, config.num_tokens, config.tokenizer)
+            self.tokenizer = Tokenizer(dim, config.num_tokens, config.tokenizer,
+                                       temperature=config.tokenizer_temperature)
             self.refinement = nn.ModuleList(
                 RefinementBlock(dim, heads, config.dropout, config.drop_path, config.cross_attention,
                                 config.self_attention)

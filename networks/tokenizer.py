@@ -3,7 +3,10 @@
 For each position n the logits A[i, n] = c_i . x_n against L centres c_i are turned into a **softmax over the
 L tokens** (each position shares itself among the tokens; docs/FACTS.md, "The model"), and token i = sum_n A[i, n] x_n,
 followed by Linear(d, d) and LayerNorm(d). A ``mask`` (B, N) marks the positions that count (the padded sets of
-local features of ``networks.aggregator``): the others get weight 0 in every token.
+local features of ``networks.aggregator``): the others get weight 0 in every token. ``temperature`` divides the
+logits before the softmax: 1 as released; sqrt(d) scales them as attention scales its logits (ours: with the
+released 1, the logits of d-dimensional features against standard-normal queries spread over tens of units, the
+softmax is one-hot and no gradient reaches the queries; docs/ablations.md, "Why Token trails GeM in the demo").
 
 ``kind`` selects where the centres come from, the tokenizer ablation of Table 5:
 - ``"attention"`` (the paper's): learned queries, logits are the plain dot products above;
@@ -20,11 +23,14 @@ TOKENIZERS = ("attention", "learned", "vq")
 
 
 class Tokenizer(nn.Module):
-    def __init__(self, dim, num_tokens=4, kind="attention", momentum=0.99):
+    def __init__(self, dim, num_tokens=4, kind="attention", momentum=0.99, temperature=1.0):
         super().__init__()
         if kind not in TOKENIZERS:
             raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {kind!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
         self.kind = kind
+        self.temperature = temperature
         self.momentum = momentum
         centres = torch.randn(1, num_tokens, dim)
         if kind == "attention":
@@ -43,7 +49,7 @@ class Tokenizer(nn.Module):
         else:
             centres = self.centres if self.kind == "learned" else self.ema_centres.clone()  # updated in place
             logits = -torch.cdist(centres.expand(x.shape[0], -1, -1), x).square()
-        attn = torch.softmax(logits, dim=1)
+        attn = torch.softmax(logits if self.temperature == 1 else logits / self.temperature, dim=1)
         return attn if mask is None else attn * mask[:, None, :]
 
     @torch.no_grad()

@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments import ablations, probe
+from experiments import ablations, probe, runner
 from experiments.report import markdown
 from experiments.runner import plan
 from experiments.tables import PAPER_TABLES, TABLES, Row, Table
 from networks import build_model
 from networks.config import TokenConfig
 from training.options import model_config, parse_args
-from training.recipes import DEMO
+from training.recipes import DEMO, QUICK
 from weights import model_state, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +117,32 @@ def test_quick_run_stores_each_job_and_does_not_run_a_finished_one_again(tmp_pat
     assert (tmp_path / "runs" / "ablations.png").is_file()
 
 
+def test_the_cluttered_world_has_its_own_folders_and_reaches_the_generator(tmp_path, capsys, monkeypatch):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    argv = ["--quick", "--tables", "6", "--rows", "L1", "--seeds", "3", "--run-dir", str(runs),
+            "--data-root", str(data)]
+    assert ablations.main([*argv, "--world", "cluttered", "--dry-run"]) == 0
+    assert f"to run: num_tokens=1 seed 3 -> {runs / 'cluttered' / 'num_tokens=1' / 'seed-3'}" in capsys.readouterr().out
+    assert sorted(p.name for p in (runs / "cluttered").iterdir()) == ["ablations.md", "ablations.png"]
+    assert sorted(p.name for p in runs.iterdir()) == ["cluttered"] and not data.exists()  # nothing trained
+    parse = ablations.get_args_parser().parse_args
+    assert ablations.world_recipe(parse(argv)) == (QUICK, str(data), str(runs))  # the plain world's paths as before
+    recipe, data_root, run_dir = ablations.world_recipe(parse([*argv, "--world", "cluttered"]))
+    assert (recipe.world, data_root, run_dir) == ({**QUICK.world, "scene": "cluttered"}, str(data / "cluttered"),
+                                                  str(runs / "cluttered"))
+    generated = []
+    monkeypatch.setattr(runner, "ensure_generated", lambda root, **world: generated.append((root, world)))
+    monkeypatch.setattr(runner, "load_gldv2", lambda *args: None)
+    runner.prepare(plan(TABLES["6"].rows[:2], [3], recipe, data_root, run_dir))
+    assert generated == [(str(data / "cluttered" / "seed-3"), {"seed": 3, **QUICK.world, "scene": "cluttered"})]
+
+
+def test_an_unknown_world_is_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        ablations.main(["--world", "busy", "--dry-run"])
+    assert stop.value.code == 2 and "invalid choice: 'busy'" in capsys.readouterr().err
+
+
 def test_probe_sees_queries_at_their_initialisation_and_after_they_moved(tmp_path, capsys):
     images = tmp_path / "jpg"
     images.mkdir()
@@ -137,3 +163,9 @@ def test_probe_sees_queries_at_their_initialisation_and_after_they_moved(tmp_pat
     assert "positions per image 9;" in lines[0]  # 96 x 80 px: a 3 x 3 map at stride 32 (rounded up)
     shares = json.loads(lines[0].split("share of each token ")[1].split(";")[0])
     assert len(shares) == 4 and abs(sum(shares) - 1) < 0.01
+    scaled = build_model(replace(config, tokenizer_temperature=16.0), pretrained=False)
+    scaled.load_state_dict(model.state_dict())
+    save_checkpoint(model_state(scaled), tmp_path / "scaled.pth")
+    probe.main([str(tmp_path / "moved.pth"), str(tmp_path / "scaled.pth"), "--images", str(images), "--seed", "7"])
+    stds = [float(line.split("logit std ")[1].split(";")[0]) for line in capsys.readouterr().out.splitlines()]
+    assert stds[1] == pytest.approx(stds[0] / 16, rel=1e-3)  # the logits the softmax sees

@@ -62,6 +62,26 @@ def test_tokenizer_softmax_is_over_tokens_not_positions():
     torch.testing.assert_close(tokens, tok.proj(torch.einsum("bln,bnd->bld", expected_attn, x)))
 
 
+def test_tokenizer_temperature_divides_the_logits_and_unsaturates_the_softmax():
+    torch.manual_seed(0)
+    x = torch.nn.functional.layer_norm(torch.randn(8, 9, 256), (256,))  # unit-variance features, as the demo's
+    released, scaled = Tokenizer(256).eval(), Tokenizer(256, temperature=16.0).eval()
+    scaled.load_state_dict(released.state_dict())
+    logits = torch.einsum("ld,bnd->bln", released.queries[0], x)
+    torch.testing.assert_close(scaled.assignment(x), torch.softmax(logits / 16, dim=1))
+    largest = {name: tok.assignment(x).max(dim=1).values.mean().item() for name, tok in
+               (("released", released), ("scaled", scaled))}
+    assert largest["released"] > 0.9 > 0.6 > largest["scaled"]  # one-hot as released, soft with sqrt(d)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        Tokenizer(4, temperature=0.0)
+    with pytest.raises(ValueError, match="tokenizer_temperature must be positive"):
+        Token(backbone="resnet18", num_classes=3, dim=64, out_dim=32, heads=4, pretrained=False,
+              tokenizer_temperature=-1.0)
+    model = Token(backbone="resnet18", num_classes=3, dim=64, out_dim=32, heads=4, pretrained=False,
+                  tokenizer_temperature=8.0)
+    assert model.tokenizer.temperature == 8.0
+
+
 def test_vq_centres_move_towards_their_soft_assigned_mean():
     tok = Tokenizer(4, num_tokens=2, kind="vq", momentum=0.5).train()
     before = tok.ema_centres.clone()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from datasets import synthetic
 from datasets.gldv2 import GLDV2_DIR
-from datasets.synthetic import MARKER, TEST_NAME, ensure_generated, generate, label_view, main
+from datasets.synthetic import MARKER, TEST_NAME, ensure_generated, generate, label_view, main, tasks
 from utils.safe_pickle import safe_load
 
 TINY = dict(num_train_landmarks=6, images_per_landmark=(3, 5), num_test_landmarks=3, queries_per_landmark=(1, 2),
@@ -20,6 +20,11 @@ TINY = dict(num_train_landmarks=6, images_per_landmark=(3, 5), num_test_landmark
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     return generate(root, seed=3, workers=1, **TINY)
+
+
+@pytest.fixture(scope="module")
+def cluttered(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("cluttered"), seed=3, workers=1, scene="cluttered", **TINY)
 
 
 def _files(root):
@@ -259,6 +264,8 @@ def test_bad_parameters_are_refused(tmp_path):
         generate(tmp_path, **{**TINY, "images_per_landmark": (5, 3)})
     with pytest.raises(ValueError, match="image_size"):
         generate(tmp_path, **{**TINY, "image_size": (64, 80)})
+    with pytest.raises(ValueError, match="scene"):
+        generate(tmp_path, scene="busy", **TINY)
     assert not (tmp_path / MARKER).exists()
 
 
@@ -279,7 +286,7 @@ def test_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     for flag in ("--root", "--seed", "--train-landmarks", "--images-per-landmark", "--test-landmarks",
                  "--queries-per-landmark", "--db-views-per-landmark", "--distractors", "--image-size", "--workers",
-                 "--force", "--quiet"):
+                 "--scene", "--force", "--quiet"):
         assert flag in text
     args = ["--root", str(tmp_path / "cli"), "--seed", "2", "--train-landmarks", "3", "--images-per-landmark", "2-3",
             "--test-landmarks", "2", "--db-views-per-landmark", "4", "--distractors", "3", "--workers", "1",
@@ -290,6 +297,9 @@ def test_cli(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().out
     marker = json.loads((tmp_path / "cli" / MARKER).read_text())
     assert marker["params"]["images_per_landmark"] == [2, 3] and marker["params"]["seed"] == 2
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--scene", "busy"])
+    assert exc.value.code == 2 and "invalid choice: 'busy'" in capsys.readouterr().err
 
 
 def _ensure_in_child(args):
@@ -332,3 +342,49 @@ def test_the_world_loads_through_the_real_loaders(world, tmp_path):
     queries = RevisitopImages(test.query_paths(), imsize=64, bbxs=test.bbxs())
     for i in range(len(queries)):
         assert queries[i][0].shape[0] == 3
+
+
+def test_the_plain_scene_is_the_default_world_and_its_markers_have_no_scene(world, tmp_path):
+    """``scene="plain"`` writes the bytes of the world written before scenes existed; its marker (like theirs) has
+    no "scene", so those worlds are reused as they are."""
+    plain = generate(tmp_path / "plain", seed=3, workers=1, scene="plain", **TINY)
+    assert _files(plain.root) == _files(world.root)
+    assert "scene" not in json.loads((world.root / MARKER).read_text())["params"]
+    assert "scene" not in json.loads((world.root / synthetic.META).read_text())["params"]
+    assert not ensure_generated(plain.root, seed=3, workers=1, scene="plain", **TINY).generated
+    assert not ensure_generated(plain.root, seed=3, workers=1, **TINY).generated
+
+
+def test_the_cluttered_world_keeps_the_queries_and_changes_every_other_photo(world, cluttered):
+    plain, busy = _files(world.root), _files(cluttered.root)
+    assert json.loads((cluttered.root / MARKER).read_text())["params"]["scene"] == "cluttered"
+    assert json.loads((cluttered.root / synthetic.META).read_text())["params"]["scene"] == "cluttered"
+    assert not ensure_generated(cluttered.root, seed=3, workers=1, scene="cluttered", **TINY).generated
+    a, b = safe_load(world.gnd_path), safe_load(cluttered.gnd_path)
+    assert a["qimlist"] == b["qimlist"] and [g["bbx"] for g in a["gnd"]] == [g["bbx"] for g in b["gnd"]]
+    for g in b["gnd"]:
+        assert set(g) == {"bbx", "easy", "hard", "junk"} and g["easy"] and g["hard"]
+    jpg = f"test/{TEST_NAME}/jpg"
+    assert all(plain[f"{jpg}/{name}.jpg"] == busy[f"{jpg}/{name}.jpg"] for name in a["qimlist"])
+    assert plain[f"{GLDV2_DIR}/train.csv"] == busy[f"{GLDV2_DIR}/train.csv"]  # the same photos, drawn otherwise
+    train = [name for name in plain if name.startswith(f"{GLDV2_DIR}/train/")]
+    assert train and all(plain[name] != busy[name] for name in train)
+    roles = {d["name"]: d["role"] for d in json.loads((world.root / synthetic.META).read_text())["database"]}
+    assert {"test", "distractor", "background"} <= set(roles.values())
+    shared = [name for name in roles if f"{jpg}/{name}.jpg" in busy]
+    assert {roles[name] for name in shared} == {"test", "distractor", "background"}
+    assert all(plain[f"{jpg}/{name}.jpg"] != busy[f"{jpg}/{name}.jpg"] for name in shared)
+
+
+def test_cluttered_views_show_their_landmark_smaller(tmp_path):
+    """The database views' landmark boxes cover less of the frame on average; the queries are the same views."""
+    def views(scene):
+        results = [tasks.test_photos(tmp_path / scene, 0, number, 1, 8, (128, 160), scene) for number in range(4)]
+        area = [0.0 if v["bbx"] is None else (v["bbx"][2] - v["bbx"][0]) * (v["bbx"][3] - v["bbx"][1])
+                for r in results for v in r["db"]]
+        return [q for r in results for q in r["queries"]], np.mean(area)
+
+    plain_queries, plain_area = views("plain")
+    busy_queries, busy_area = views("cluttered")
+    assert plain_queries == busy_queries
+    assert busy_area < 0.75 * plain_area

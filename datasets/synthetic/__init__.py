@@ -20,6 +20,9 @@ view is, and how much of the landmark is visible is measured exactly from the ge
 * ``root/synthetic_meta.json`` (every test image's landmark, difficulty and visible fraction, each landmark's
   fingerprint) and ``root/SYNTHETIC_COMPLETE.json``, written last, with the parameters.
 
+``scene="cluttered"`` (docs/ablations.md) keeps the queries and draws every other photo's landmark smaller and
+off-centre, in front of two clutter landmarks, with more occluders; the default ``"plain"`` world is the one above.
+
 ``ensure_generated`` reuses a complete world with the same parameters and regenerates otherwise. The output
 depends only on the parameters (fixed JPEG quality, per-image random streams, no clock, no ordering of
 sets), so two runs with the same seed give identical bytes, with any number of workers.
@@ -33,10 +36,10 @@ import utils.command  # noqa: F401  (first: Ctrl-C while the modules below impor
 from datasets.synthetic.cli import main
 from datasets.synthetic.landmarks import CANVAS, Landmark, render_landmark
 from datasets.synthetic.palette import NUM_PALETTES
-from datasets.synthetic.tasks import JPEG_QUALITY, TEST_NAME
-from datasets.synthetic.views import label_view, render_background, render_view
+from datasets.synthetic.tasks import JPEG_QUALITY, SCENES, TEST_NAME
+from datasets.synthetic.views import Clutter, label_view, render_background, render_view
 from datasets.synthetic.world import MARKER, META, VERSION, SyntheticWorld, ensure_generated, generate
 
-__all__ = ["CANVAS", "JPEG_QUALITY", "MARKER", "META", "NUM_PALETTES", "TEST_NAME", "VERSION", "Landmark",
-           "SyntheticWorld", "ensure_generated", "generate", "label_view", "main", "render_background",
+__all__ = ["CANVAS", "JPEG_QUALITY", "MARKER", "META", "NUM_PALETTES", "SCENES", "TEST_NAME", "VERSION", "Clutter",
+           "Landmark", "SyntheticWorld", "ensure_generated", "generate", "label_view", "main", "render_background",
            "render_landmark", "render_view"]

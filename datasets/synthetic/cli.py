@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from datasets.gldv2 import GLDV2_DIR
-from datasets.synthetic.tasks import TEST_NAME
+from datasets.synthetic.tasks import SCENES, TEST_NAME
 from datasets.synthetic.world import ensure_generated, generate
 from utils import checks
 from utils.errors import fail_cleanly
@@ -67,6 +67,11 @@ def get_args_parser():
     parser.add_argument("--image-size", type=_range(96, 4096), metavar="N|MIN-MAX", default=(128, 160),
                         help="longer side of every image in pixels, N or MIN-MAX (default 128-160; shorter side "
                              ">= 96)")
+    parser.add_argument("--scene", choices=SCENES, default="plain",
+                        help="plain: every photo of a landmark shows it large and near the centre; cluttered: the "
+                             "queries are the same, every other photo shows its landmark at 0.5-0.75 times that "
+                             "size, anywhere in the middle 70%% of the frame, in front of two other landmarks and "
+                             "with more occluders, as docs/ablations.md decided (default plain)")
     parser.add_argument("--workers", type=checks.WORKERS, metavar="N", default=None,
                         help="generator processes (default: min(2, CPU count); 0 or 1: no subprocesses)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a complete matching world exists")
@@ -82,7 +87,8 @@ def main(argv=None):
     options = dict(seed=args.seed, num_train_landmarks=args.train_landmarks,
                    images_per_landmark=args.images_per_landmark, num_test_landmarks=args.test_landmarks,
                    queries_per_landmark=args.queries_per_landmark, db_views_per_landmark=args.db_views_per_landmark,
-                   num_distractors=args.distractors, image_size=args.image_size, workers=args.workers,
+                   num_distractors=args.distractors, image_size=args.image_size, scene=args.scene,
+                   workers=args.workers,
                    progress=not args.quiet)
     start = time.time()
     try:
@@ -95,5 +101,5 @@ def main(argv=None):
           f"train ({world.gldv2_root}): {counts.get('train_images')} images of {counts.get('train_landmarks')} "
           f"landmarks; test '{TEST_NAME}': {counts.get('queries')} queries, {counts.get('database')} database "
           f"images (easy {counts.get('easy')}, hard {counts.get('hard')}, junk {counts.get('junk')}, distractors "
-          f"{counts.get('distractors')})")
+          f"{counts.get('distractors')}){'' if args.scene == 'plain' else f'; scene {args.scene}'}")
     return 0

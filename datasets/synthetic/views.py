@@ -6,9 +6,14 @@ occluders in front of it, then changes the lighting (brightness, contrast, gamma
 blur and sensor noise. A difficulty in [0, 1] sets how extreme the view is; how much of the landmark is
 visible is measured exactly from the geometry and the occluders, on the landmark's sample points.
 ``label_view`` turns (difficulty, visible fraction) into easy / hard / junk.
+
+In the cluttered world (``Clutter``; docs/ablations.md) a view that is not a query shows its landmark smaller and
+anywhere in the middle of the frame, in front of other landmarks, with more occluders.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -19,6 +24,23 @@ from datasets.synthetic.palette import hsv, mix, random_colour, shade
 EASY_MAX_DIFFICULTY, EASY_MIN_VISIBLE = 0.35, 0.75
 JUNK_MIN_DIFFICULTY, JUNK_MAX_VISIBLE = 0.85, 0.35  # junk above / below these
 JUNK_STRONG_DIFFICULTY, JUNK_STRONG_VISIBLE = 0.7, 0.5  # junk too: a strong view that shows only half
+
+# The cluttered world, as docs/ablations.md decided it before any of its results.
+CLUTTER_SHRINK = (0.5, 0.75)  # times the plain world's zoom: the view's landmark and each clutter landmark
+CLUTTER_CENTRE = (0.15, 0.85)  # where the view's landmark goes, in fractions of the frame's width and height
+CLUTTER_PER_VIEW = 2  # clutter landmarks behind the view's landmark (or in a background-only view)
+CLUTTER_OCCLUSION = 0.25  # added to the difficulty that sets the occluders' count and size (at most 1)
+
+
+@dataclass(frozen=True)
+class Clutter:
+    """How a view of the cluttered world draws what that world adds: from its own random stream ``rng`` (not the
+    view's, whose draws stay those of the plain world), with the world's ``pool`` clutter landmarks, the k-th
+    of which is ``landmark(k)`` (a ``landmarks.Landmark``)."""
+
+    rng: np.random.Generator
+    landmark: Callable
+    pool: int
 
 
 def _homography(src, dst):
@@ -150,6 +172,26 @@ def _occluders(draw, mask_draw, rng, W, H, difficulty, targets):
     return n
 
 
+def _paste_clutter(img, clutter, kind):
+    """Paste ``CLUTTER_PER_VIEW`` distinct clutter landmarks on ``img``, each as large as a view of ``kind`` in the
+    cluttered world draws its own landmark (the plain world's zoom times ``CLUTTER_SHRINK``), centred anywhere."""
+    W, H = img.size
+    rng = clutter.rng
+    for k in rng.choice(clutter.pool, CLUTTER_PER_VIEW, replace=False):
+        image = clutter.landmark(int(k)).image
+        cw, ch = image.size
+        scale = min(W / cw, H / ch) * _view_params(rng, kind)["zoom"] * rng.uniform(*CLUTTER_SHRINK)
+        rw, rh = max(2, int(round(cw * scale))), max(2, int(round(ch * scale)))
+        x, y = rng.uniform(0, W), rng.uniform(0, H)
+        resized = image.resize((rw, rh), Image.Resampling.BILINEAR)
+        img.paste(resized, (int(round(x - rw / 2)), int(round(y - rh / 2))), resized)
+
+
+def _occlusion(difficulty, clutter):
+    """The difficulty that sets the occluders' count and size: the view's, raised in the cluttered world."""
+    return difficulty if clutter is None else min(1.0, difficulty + CLUTTER_OCCLUSION)
+
+
 def _view_params(rng, kind):
     """Difficulty, zoom and focus for a view ``kind``: easy / hard / junk / query, as targets, not labels."""
     u = rng.uniform
@@ -220,8 +262,14 @@ def _photometric(img, rng, difficulty):
     return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8), "RGB")
 
 
-def render_view(landmark, rng, kind, long_range=(128, 160)):
+def render_view(landmark, rng, kind, long_range=(128, 160), clutter=None):
     """A photo of ``landmark`` (``None``: background only) with view parameters drawn for ``kind``.
+
+    ``clutter``: ``None`` for the plain world; a ``Clutter`` for the cluttered world, whose views (never queries)
+    draw two clutter landmarks behind the landmark, the landmark at ``CLUTTER_SHRINK`` times the zoom of ``kind``
+    with its focus (the point the plain world centres) anywhere in ``CLUTTER_CENTRE`` of the frame, and the
+    occluders of a difficulty raised by ``CLUTTER_OCCLUSION``. ``rng`` makes the same draws in both worlds up to
+    the occluders.
 
     Returns ``(image, info)``; ``info`` holds the difficulty ``d``, the visible fraction of the landmark
     ``visible`` (inside the frame and not occluded, measured on sample points of its shape) and ``bbx``, the
@@ -229,14 +277,18 @@ def render_view(landmark, rng, kind, long_range=(128, 160)):
     """
     W, H = _frame_size(rng, long_range)
     img, horizon = render_background(rng, W, H)
+    if clutter is not None:
+        _paste_clutter(img, clutter, kind)
     if landmark is None:
         difficulty = rng.uniform(0.0, 0.8)
         mask = Image.new("L", (W, H), 0)
-        _occluders(ImageDraw.Draw(img), ImageDraw.Draw(mask), rng, W, H, difficulty, [])
+        _occluders(ImageDraw.Draw(img), ImageDraw.Draw(mask), rng, W, H, _occlusion(difficulty, clutter), [])
         return _photometric(img, rng, difficulty), {"d": float(difficulty), "visible": 0.0, "bbx": None}
 
     view = _view_params(rng, kind)
     difficulty = view["d"]
+    if clutter is not None:
+        view["zoom"] *= clutter.rng.uniform(*CLUTTER_SHRINK)
     cw, ch = landmark.image.size
     scale = min(W / cw, H / ch) * view["zoom"]
     rw, rh = max(2, int(round(cw * scale))), max(2, int(round(ch * scale)))
@@ -258,6 +310,8 @@ def render_view(landmark, rng, kind, long_range=(128, 160)):
     else:
         off = view["off"]
         target = np.array([W / 2 + u(-off, off) * W, H / 2 + u(-off, off) * H])
+        if clutter is not None:  # drawn after the plain world's target, so that ``rng`` draws the same
+            target = clutter.rng.uniform(*CLUTTER_CENTRE, 2) * np.array([W, H])
     dst = local - focus + target
     resized = landmark.image.resize((rw, rh), Image.Resampling.BILINEAR)
     coeffs = _homography(dst, src).reshape(-1)[:8]
@@ -270,7 +324,7 @@ def render_view(landmark, rng, kind, long_range=(128, 160)):
     in_pts = pts[inside]
     mask = Image.new("L", (W, H), 0)
     targets = [tuple(map(float, in_pts[i])) for i in rng.integers(0, len(in_pts), 8)] if len(in_pts) else []
-    _occluders(ImageDraw.Draw(img), ImageDraw.Draw(mask), rng, W, H, difficulty, targets)
+    _occluders(ImageDraw.Draw(img), ImageDraw.Draw(mask), rng, W, H, _occlusion(difficulty, clutter), targets)
     occluder_mask = np.asarray(mask)
     occluded = np.zeros(len(pts), dtype=bool)
     if len(in_pts):

@@ -29,6 +29,7 @@ from datasets.synthetic.seeding import DISTRACTOR_BASE, STREAM_IDS, STREAM_PLAN,
 from datasets.synthetic.tasks import (
     BACKGROUNDS,
     DISTRACTOR_LANDMARK,
+    SCENES,
     TEST,
     TEST_NAME,
     TRAIN,
@@ -100,7 +101,7 @@ class SyntheticWorld:
 
 
 def _params(seed, num_train_landmarks, images_per_landmark, num_test_landmarks, queries_per_landmark,
-            db_views_per_landmark, num_distractors, image_size):
+            db_views_per_landmark, num_distractors, image_size, scene):
     def pair(name, value, lowest):
         value = (int(value), int(value)) if isinstance(value, int | np.integer) else tuple(int(x) for x in value)
         if len(value) != 2 or value[0] < lowest or value[1] < value[0]:
@@ -110,7 +111,9 @@ def _params(seed, num_train_landmarks, images_per_landmark, num_test_landmarks, 
 
     if int(num_train_landmarks) < 1 or int(num_test_landmarks) < 1 or int(num_distractors) < 0:
         raise ValueError("need at least one training landmark, one test landmark and no negative distractors")
-    return {
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
+    params = {
         "version": VERSION,
         "seed": int(seed),
         "num_train_landmarks": int(num_train_landmarks),
@@ -121,6 +124,11 @@ def _params(seed, num_train_landmarks, images_per_landmark, num_test_landmarks, 
         "num_distractors": int(num_distractors),
         "image_size": list(pair("image_size", image_size, 96)),
     }
+    # Only a scene other than the plain one is a parameter: the markers of the plain worlds written before scenes
+    # existed (which have no "scene") still match, and their worlds, unchanged, are reused.
+    if scene != "plain":
+        params["scene"] = scene
+    return params
 
 
 def _remove(path):
@@ -160,26 +168,28 @@ def _write_json(path, data, **options):
 
 def generate(root, seed=0, num_train_landmarks=200, images_per_landmark=(10, 20), num_test_landmarks=20,
              queries_per_landmark=(1, 2), db_views_per_landmark=(8, 12), num_distractors=150,
-             image_size=(128, 160), workers=None, progress=True):
+             image_size=(128, 160), scene="plain", workers=None, progress=True):
     """Write a synthetic landmark world under the data root ``root`` (replacing any earlier one) and return it.
 
     ``images_per_landmark``, ``queries_per_landmark``, ``db_views_per_landmark``: an int or a (min, max) pair,
     drawn per landmark. ``num_distractors``: database images that no query shows, about 40% background-only
     scenes and 60% views (3 each) of unseen landmarks. ``image_size``: range of the longer side in pixels (the
-    shorter is at least max(96, 0.75 x min)). ``workers``: processes (default: up to 2; 0 or 1: in-process).
+    shorter is at least max(96, 0.75 x min)). ``scene``: "plain", or "cluttered" (docs/ablations.md: every
+    photo but the queries shows its landmark smaller, off-centre, among two other landmarks and more occluders).
+    ``workers``: processes (default: up to 2; 0 or 1: in-process).
     """
     params = _params(seed, num_train_landmarks, images_per_landmark, num_test_landmarks, queries_per_landmark,
-                     db_views_per_landmark, num_distractors, image_size)
+                     db_views_per_landmark, num_distractors, image_size, scene)
     with _lock(root):
         return _generate(Path(root), params, workers, progress)
 
 
 def ensure_generated(root, seed=0, num_train_landmarks=200, images_per_landmark=(10, 20), num_test_landmarks=20,
                      queries_per_landmark=(1, 2), db_views_per_landmark=(8, 12), num_distractors=150,
-                     image_size=(128, 160), workers=None, progress=True):
+                     image_size=(128, 160), scene="plain", workers=None, progress=True):
     """The world under ``root`` for these parameters: reused if its completion marker matches, else generated."""
     params = _params(seed, num_train_landmarks, images_per_landmark, num_test_landmarks, queries_per_landmark,
-                     db_views_per_landmark, num_distractors, image_size)
+                     db_views_per_landmark, num_distractors, image_size, scene)
     root = Path(root)
     with _lock(root):
         marker = _read_marker(root)
@@ -211,6 +221,7 @@ def _plan(root, params):
     """``(tasks, landmark ids)``: every task of the world and the random landmark ids of each group."""
     seed = params["seed"]
     long_range = tuple(params["image_size"])
+    scene = params.get("scene", "plain")
     n_train, n_test, n_distractors = (params["num_train_landmarks"], params["num_test_landmarks"],
                                       params["num_distractors"])
     n_distractor_views = int(round(n_distractors * 0.6))
@@ -232,13 +243,14 @@ def _plan(root, params):
 
     gldv2_root = root / GLDV2_DIR
     tasks = [(TEST, (root, seed, number, int(queries_per_landmark[number]), int(db_per_landmark[number]),
-                     long_range)) for number in range(n_test)]
+                     long_range, scene)) for number in range(n_test)]
     tasks += [(DISTRACTOR_LANDMARK, (root, seed, number, min(VIEWS_PER_DISTRACTOR_LANDMARK, n_distractor_views
-                                                              - VIEWS_PER_DISTRACTOR_LANDMARK * number), long_range))
+                                                              - VIEWS_PER_DISTRACTOR_LANDMARK * number), long_range,
+                                     scene))
               for number in range(n_distractor_landmarks)]
-    tasks += [(BACKGROUNDS, (root, seed, start, min(BACKGROUNDS_PER_TASK, n_backgrounds - start), long_range))
+    tasks += [(BACKGROUNDS, (root, seed, start, min(BACKGROUNDS_PER_TASK, n_backgrounds - start), long_range, scene))
               for start in range(0, n_backgrounds, BACKGROUNDS_PER_TASK)]
-    tasks += [(TRAIN, (gldv2_root, seed, number, int(images_per_landmark[number]), long_range))
+    tasks += [(TRAIN, (gldv2_root, seed, number, int(images_per_landmark[number]), long_range, scene))
               for number in range(n_train)]
     return tasks, ids
 
