@@ -4,11 +4,11 @@
    ``synthetic``), in the same layout as the real data;
 2. train a small Token (resnet18 trunk, small images, from scratch) and a GeM baseline the same way, and evaluate
    an untrained Token (the default --models; the Table 1 baselines rmac, solar, delg, netvlad and apgem train the
-   same way when named, and how-asmk / how-vlad train one HOW): the jobs run side by side in --jobs processes of
-   one thread each;
+   same way when named, and how-asmk / how-vlad / how-token train one HOW): the jobs run side by side in --jobs
+   processes of one thread each;
 3. evaluate each on the ``synthetic`` test set as test.py does (exact search, mAP Easy / Medium / Hard; the HOW
    rows: its local features with ASMK or VLAD, test.py --local-features, codebooks trained on the world's training
-   images);
+   images, and Token's aggregator trained on them, the HOW frozen, into ``aggregator/``);
 4. print the table and draw the figures (training curves, retrievals, attention maps) of the trained Token.
 
 The recipe (world size, models, schedule) is ``training.recipes.DEMO``; ``--quick`` runs ``QUICK``, the tiny
@@ -53,9 +53,11 @@ from weights import load_token, model_state, save_checkpoint
 # --models name (also its folder under --run-dir) -> its row of the table, in the table's order
 ROWS = {"untrained": "untrained Token", "token": "trained Token", "gem": "trained GeM baseline",
         "rmac": "trained R-MAC", "solar": "trained SOLAR", "delg": "trained DELG", "netvlad": "trained NetVLAD",
-        "apgem": "trained AP-GeM", "how-asmk": "trained HOW + ASMK", "how-vlad": "trained HOW + VLAD"}
+        "apgem": "trained AP-GeM", "how-asmk": "trained HOW + ASMK", "how-vlad": "trained HOW + VLAD",
+        "how-token": "trained HOW + Token aggregator"}
 DEFAULT_MODELS = ("token", "gem", "untrained")
-LOCAL_ROWS = {"how-asmk": "asmk", "how-vlad": "vlad"}  # rows of one trained HOW: --models name -> --local-features
+# rows of one trained HOW: --models name -> test.py --local-features, or the aggregator trained on its features
+LOCAL_ROWS = {"how-asmk": "asmk", "how-vlad": "vlad", "how-token": "aggregator"}
 CPU = DistEnv(0, 1, torch.device("cpu"))
 
 
@@ -75,8 +77,9 @@ def get_args_parser():
     parser.add_argument("--models", nargs="+", choices=tuple(ROWS), default=list(DEFAULT_MODELS), metavar="NAME",
                         help="what to train and evaluate: token, gem (Token pooling by GeM, no tokens), untrained "
                              "(a Token evaluated at its initialisation), the Table 1 baselines rmac, solar, "
-                             "delg, netvlad, apgem, and how-asmk, how-vlad (one HOW trained, its local features "
-                             f"evaluated with ASMK, VLAD) (default: {' '.join(DEFAULT_MODELS)})")
+                             "delg, netvlad, apgem, and how-asmk, how-vlad, how-token (one HOW trained, its local "
+                             "features evaluated with ASMK, VLAD, and with Token's aggregator trained on them, the "
+                             f"HOW frozen) (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--jobs", type=checks.int_in(1, 64), default=min(2, os.cpu_count() or 1),
                         help="processes that run the models side by side, one thread each")
     parser.add_argument("--figures-dir", default=None,
@@ -91,9 +94,10 @@ def recipe_of(args):
     return replace(recipe, **{key: value for key, value in overrides.items() if value is not None})
 
 
-def training_args(recipe, name, progress=True):
-    """train.py's flags for the demo's model ``name``, parsed and checked (before any work is done)."""
-    args = parse_args(recipe.train_flags(name, progress))
+def training_args(recipe, name, progress=True, extractor=None):
+    """train.py's flags for the demo's model ``name`` (the aggregator: on the local features of ``extractor``),
+    parsed and checked (before any work is done)."""
+    args = parse_args(recipe.train_flags(name, progress, extractor))
     check_args(args, CPU)
     return args
 
@@ -120,7 +124,8 @@ def run_model(recipe, name, progress, methods=()):
     """Train (or initialise) the model ``name`` and evaluate it, with progress bars or (side by side with other
     jobs) a log line per epoch: its rows of the table ({--models name: mAP per protocol}) and the figures it drew
     (the trained Token's). The job "how" trains one HOW and evaluates its local features with each of ``methods``
-    ("asmk", "vlad")."""
+    ("asmk", "vlad"; "aggregator": Token's aggregator trained on them, the HOW frozen, evaluated as a global
+    descriptor)."""
     torch.set_num_threads(1)
     with job_logging(name):
         return _train_and_evaluate(recipe, name, progress, methods)
@@ -145,18 +150,32 @@ def _train_and_evaluate(recipe, name, progress, methods):
         train(args, CPU)
         out, checkpoint = Path(args.output_dir), Path(args.output_dir) / "last.pth"
     if name == "how":
-        rows = {}
-        for method in methods:
-            runs = evaluate_checkpoint(local_settings(recipe, checkpoint, out, method, progress), CPU)
-            run = runs["datasets"]["synthetic"]["runs"][method]
-            logging.info("%s: mAP Medium %.2f", method, run["medium"]["mAP"])
-            rows[f"how-{method}"] = {protocol: run[protocol]["mAP"] for protocol in PROTOCOLS}
-        return rows, []
+        return {row: local_row(recipe, checkpoint, out, method, progress) for row, method in LOCAL_ROWS.items()
+                if method in methods}, []
+    exact = global_row(recipe, checkpoint, out, progress)
+    drawn = figures(recipe) if name == "token" else []  # while the other worker finishes
+    return {name: exact}, drawn
+
+
+def global_row(recipe, checkpoint, out, progress):
+    """mAP per protocol of ``checkpoint``'s global descriptors on the synthetic test set, exact search."""
     report = evaluate_checkpoint(EvalSettings(**recipe.eval_settings(checkpoint, out / "eval", progress)), CPU)
     exact = report["datasets"]["synthetic"]["runs"]["exact"]
     logging.info("mAP Medium %.2f", exact["medium"]["mAP"])
-    drawn = figures(recipe) if name == "token" else []  # while the other worker finishes
-    return {name: {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}}, drawn
+    return {protocol: exact[protocol]["mAP"] for protocol in PROTOCOLS}
+
+
+def local_row(recipe, how, out, method, progress):
+    """mAP per protocol of the trained HOW ``how``'s local features with ``method``: ASMK or VLAD (test.py
+    --local-features), or the aggregator, trained on them with the HOW frozen, then evaluated as a global model."""
+    if method == "aggregator":
+        args = training_args(recipe, method, progress, extractor=how)
+        train(args, CPU)
+        return global_row(recipe, Path(args.output_dir) / "last.pth", Path(args.output_dir), progress)
+    runs = evaluate_checkpoint(local_settings(recipe, how, out, method, progress), CPU)
+    run = runs["datasets"]["synthetic"]["runs"][method]
+    logging.info("%s: mAP Medium %.2f", method, run["medium"]["mAP"])
+    return {protocol: run[protocol]["mAP"] for protocol in PROTOCOLS}
 
 
 def jobs_of(names):
@@ -205,9 +224,11 @@ def figures(recipe):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     recipe = recipe_of(args)
-    for job in jobs_of(args.models):  # bad settings stop here, before minutes of work
+    for job, methods in jobs_of(args.models).items():  # bad settings stop here, before minutes of work
         if job != "untrained":
             training_args(recipe, job)
+        if "aggregator" in methods:
+            training_args(recipe, "aggregator", extractor=Path(recipe.run_dir) / "how" / "last.pth")
     writable_folder(recipe.data_root, "--data-root")
     writable_folder(recipe.run_dir, "--run-dir")
     if args.figures_dir:

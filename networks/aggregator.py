@@ -58,7 +58,7 @@ class TokenAggregator(ArcFaceModel):
         self.config = config = AggregatorConfig.of(config, **settings)
         dim = config.dim
         self.input_proj = nn.Sequential(nn.Linear(config.local_dim, dim), nn.LayerNorm(dim))
-        self.tokenizer = Tokenizer(dim, config.num_tokens)
+        self.tokenizer = Tokenizer(dim, config.num_tokens, temperature=config.tokenizer_temperature)
         self.refinement = nn.ModuleList(AggregatorBlock(dim, config.heads, config.dropout)
                                         for _ in range(config.refinement_blocks))
         self.projection = nn.Sequential(nn.Linear(config.num_tokens * dim, config.out_dim),
@@ -100,6 +100,8 @@ class LocalAggregation(nn.Module):
     """An aggregator behind its frozen extractor: ``forward_test(images)`` gives global descriptors as every model
     does (the test.py / index.py path), ``forward_local`` is the extractor's (so ASMK and VLAD run on the same
     features). ``config`` is the aggregator's."""
+
+    multiscale = True  # its descriptor already pools the extractor's scales: evaluation runs it at scale 1 only
 
     def __init__(self, extractor, aggregator):
         super().__init__()

@@ -44,7 +44,7 @@ from retrieval.features import FeatureStore, feature_key
 from retrieval.local_features import LOCAL_DIM, LocalFeatureStore, LocalImages, check_local_model, load_local
 from retrieval.revisited import KAPPAS, PROTOCOLS, format_results, revisited_map
 from retrieval.search import R1M_COMPRESSED, TOP_K, CompressedSearch, ExactSearch, PQSearch, alpha_qe, dba
-from retrieval.settings import EvalSettings, check_settings, get_args_parser, parse_settings, resolve
+from retrieval.settings import EvalSettings, check_settings, get_args_parser, model_scales, parse_settings, resolve
 from retrieval.vlad import vlad_rows
 from utils.atomic import save_json
 from utils.distributed import DistEnv, resolve_device
@@ -290,5 +290,6 @@ def evaluate_checkpoint(settings, env=None):
         test_sets, distractors = load_test_sets(settings)
         settings = resolve(settings)  # the checkpoint's file, once the data is known to be there
         model = load_for_extraction(settings.checkpoint, env.device)
+        settings = model_scales(settings, model)
         check_model(settings, model)
         return evaluate_model(settings, env, model, test_sets, distractors, output_dir)

@@ -51,7 +51,7 @@ from retrieval.extract import extract, extract_spans, load_for_extraction
 from retrieval.features import FeatureStore, feature_key, save_array
 from retrieval.index_files import INDEX_FILE, checked, file_entry, read_lines, read_rows, read_structure
 from retrieval.search import R1M_COMPRESSED, CompressedSearch
-from retrieval.settings import ExtractionSettings, check_extraction, with_checkpoint_file
+from retrieval.settings import ExtractionSettings, check_extraction, model_scales, with_checkpoint_file
 from utils.atomic import atomic_write, read_json, save_json
 from utils.errors import InputError
 from utils.locking import exclusive
@@ -145,6 +145,7 @@ def build(images, index_dir, settings, env, root=None, search="auto"):
     if not paths:
         raise InputError(f"--images {images}: no files found")
     model = load_for_extraction(settings.checkpoint, env.device)
+    settings = model_scales(settings, model)  # stored in index.json: add and query extract alike
     whitening = resolve_whitening(settings, model)
     with _locked(index_dir, env):
         previous = read_json(index_dir / INDEX_FILE)

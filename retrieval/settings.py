@@ -315,6 +315,16 @@ def with_checkpoint_file(settings):
     return replace(settings, checkpoint=str(zoo.resolve(settings.checkpoint, settings.models_dir)))
 
 
+def model_scales(settings, model):
+    """``settings`` with the one scale 1 for a model whose descriptor is multi-scale already (``model.multiscale``:
+    the aggregator over local features, which takes them at the extractor's 7 scales) when the scales are the
+    global default; other scales given by the user are kept."""
+    local = getattr(settings, "local", None)  # index.py's settings have no --local-features
+    if getattr(model, "multiscale", False) and local is None and list(settings.scales) == list(SCALES):
+        return replace(settings, scales=[1.0])
+    return settings
+
+
 def resolve(settings):
     """``settings`` as the evaluation's extraction uses them: the checkpoint's file (``with_checkpoint_file``);
     under the ``dir`` protocol no resizing (``imsize`` None) and the one scale 1; with ``local``, HOW's scales

@@ -97,3 +97,16 @@ def test_attention_maps_put_each_features_weight_where_it_lies():
     # every feature shares itself among the tokens; every token's cross-attention sums to 1 over the features
     torch.testing.assert_close(maps["tokenizer"].sum(), torch.tensor(float(len(found.descriptors))))
     torch.testing.assert_close(maps["refinement"].sum(dim=(2, 3)), torch.ones(1, 3))
+
+
+def test_evaluation_takes_the_aggregator_at_scale_1_unless_told_otherwise():
+    from networks import Token
+    from retrieval.settings import ExtractionSettings, model_scales
+
+    aggregation = LocalAggregation(HOW(backbone="resnet18", pretrained=False), model(local_dim=128))
+    default = ExtractionSettings("agg.pth")
+    assert model_scales(default, aggregation).scales == [1.0]
+    chosen = ExtractionSettings("agg.pth", scales=[1.0, 2 ** 0.5])
+    assert model_scales(chosen, aggregation).scales == [1.0, 2 ** 0.5]
+    token = Token(backbone="resnet18", num_classes=None, dim=16, out_dim=8, heads=2, pretrained=False)
+    assert model_scales(default, token).scales == default.scales

@@ -84,6 +84,18 @@ def test_a_killed_run_resumes_on_the_cached_features_where_it_would_have_been(gl
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
 
 
+def test_mixed_precision_bf16_trains_on_the_cached_features(gldv2, extractor, trained, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    shutil.copytree(trained / "features", out / "features")
+    run(gldv2, extractor, out, "--epochs", "4", "--amp", "bf16")
+    assert ">> train_local: reusing" in capsys.readouterr().out
+    rows = read_metrics(out / "metrics.csv")
+    first, last = float(rows[0]["train_loss"]), float(rows[-1]["train_loss"])
+    assert last < first / 2, (first, last)  # autocast on the CPU: the loss falls as in float32
+    state = load_training_state(out / "last.pth")["state_dict"]
+    assert all(value.dtype == torch.float32 for value in state.values() if value.is_floating_point())
+
+
 def test_resume_with_another_extractor_is_one_line(gldv2, trained, tmp_path, capsys):
     other = save_how(tmp_path / "other.pth", seed=1)
     with pytest.raises(SystemExit) as stop:
@@ -107,10 +119,10 @@ def test_without_extractor_or_with_one_without_local_features_train_py_says_so(g
 
 def test_test_py_evaluates_the_aggregator_through_the_global_path(trained, eval_inputs, tmp_path):
     data_root, _ = eval_inputs
-    report = run_test(data_root, trained / "last.pth", tmp_path / "eval", "--scales", "1", "--pq", "8",
-                      "--pq-bits", "4", "--r1m")
+    report = run_test(data_root, trained / "last.pth", tmp_path / "eval", "--pq", "8", "--pq-bits", "4", "--r1m")
     runs = report["datasets"]["roxford5k+1M"]["runs"]
     assert report["model"] == "aggregator" and "exact" in runs and any(run.startswith("pq") for run in runs)
+    assert report["scales"] == [1.0]  # its features are multi-scale already: the default scales become 1
     assert 0 <= runs["exact"]["medium"]["mAP"] <= 100
     db = np.load(tmp_path / "eval" / "features" / "roxford5k_db.npy")
     model = load_model(trained / "last.pth")

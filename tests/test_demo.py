@@ -4,6 +4,7 @@ above the untrained one."""
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -65,21 +66,29 @@ def test_quick_demo_trains_and_evaluates_the_baselines_it_is_given(tmp_path, cap
     assert (root.level, root.handlers) == logging_before  # --jobs 1 ran in this process and left its logging alone
 
 
-def test_quick_demo_trains_one_how_for_its_asmk_and_vlad_rows(tmp_path, capfd):
-    summary, printed, logged = run_demo(capfd, "--quick", "--models", "how-vlad", "how-asmk", "--jobs", "1",
-                                        "--run-dir", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"))
-    assert list(summary["mAP"]) == ["trained HOW + ASMK", "trained HOW + VLAD"]
+def test_quick_demo_trains_one_how_for_its_asmk_vlad_and_aggregator_rows(tmp_path, capfd):
+    summary, printed, logged = run_demo(capfd, "--quick", "--models", "how-token", "how-vlad", "how-asmk", "--jobs",
+                                        "1", "--run-dir", str(tmp_path / "run"), "--data-root", str(tmp_path / "data"))
+    assert list(summary["mAP"]) == ["trained HOW + ASMK", "trained HOW + VLAD", "trained HOW + Token aggregator"]
     for row in summary["mAP"].values():
         assert all(0 <= row[p] <= 100 for p in ("easy", "medium", "hard"))
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["how", "results.json"]  # one HOW trained for both rows
+    assert sorted(p.name for p in run.iterdir()) == ["aggregator", "how", "results.json"]  # one HOW for all rows
     assert torch.load(run / "how" / "last.pth", weights_only=True)["model_config"]["model"] == "how"
     for method in ("asmk", "vlad"):
         results = json.loads((run / "how" / f"eval-{method}" / "results.json").read_text())
         assert list(results["datasets"]["synthetic"]["runs"]) == [method] and results["local"]["method"] == method
         assert results["datasets"]["synthetic"]["runs"][method]["medium"]["mAP"] == \
             summary["mAP"][f"trained HOW + {method.upper()}"]["medium"]
+    aggregator = torch.load(run / "aggregator" / "last.pth", weights_only=True)
+    assert aggregator["model_config"]["model"] == "aggregator"
+    assert aggregator["extractor"]["path"] == os.path.abspath(run / "how" / "last.pth")  # the HOW trained here
+    results = json.loads((run / "aggregator" / "eval" / "results.json").read_text())
+    assert results["model"] == "aggregator" and results["scales"] == [1.0]
+    assert results["datasets"]["synthetic"]["runs"]["exact"]["medium"]["mAP"] == \
+        summary["mAP"]["trained HOW + Token aggregator"]["medium"]
     assert "| trained HOW + ASMK |" in printed and "[trained HOW] asmk: mAP Medium" in logged
+    assert "| trained HOW + Token aggregator |" in printed
 
 
 def test_the_default_models_are_the_three_that_make_demo_runs():

@@ -1,6 +1,7 @@
 """training.engine's step: a micro-batch without two readable images changes nothing but the step count, in one
 process (the step's gradient is the usable micro-batches' mean) and under DDP (two gloo processes on the CPU: the
-skipping rank's blank forward moves no BatchNorm statistic nor VQ centre)."""
+skipping rank's blank forward moves no BatchNorm statistic nor VQ centre), for a Token and for the aggregator, whose
+inputs are sets of local features."""
 
 from argparse import Namespace
 
@@ -10,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from networks import Token
+from networks import Token, build_model
+from networks.config import AggregatorConfig
 from training import engine
 from utils.distributed import DistEnv
 
@@ -18,15 +20,22 @@ CPU = torch.device("cpu")
 IMSIZE = 32
 
 
-def tiny_model():
+AGGREGATOR = AggregatorConfig(local_dim=8, num_features=6, dim=16, out_dim=8, num_tokens=2, heads=2, dropout=0.0)
+
+
+def tiny_model(kind="token"):
     torch.manual_seed(0)
+    if kind == "aggregator":
+        return build_model(AGGREGATOR, num_classes=4)
     return Token(backbone="resnet18", num_classes=4, dim=32, out_dim=16, heads=2, tokenizer="vq", dropout=0.0,
                  drop_path=0.0, pretrained=False)
 
 
-def batch(n, seed):
+def batch(n, seed, kind="token"):
+    """``n`` images, or for the aggregator ``n`` sets of local features, and their labels."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, IMSIZE, IMSIZE, generator=generator), torch.arange(n) % 4
+    shape = (AGGREGATOR.num_features, AGGREGATOR.local_dim) if kind == "aggregator" else (3, IMSIZE, IMSIZE)
+    return torch.randn(n, *shape, generator=generator), torch.arange(n) % 4
 
 
 def train_step(model, ddp_model, micro_batches, env, update_every):
@@ -50,9 +59,9 @@ def train_step(model, ddp_model, micro_batches, env, update_every):
     return stepped
 
 
-def reference(micro_batch):
+def reference(micro_batch, kind="token"):
     """The gradients and buffers of one step on ``micro_batch`` alone, in one process."""
-    model = tiny_model().train()
+    model = tiny_model(kind).train()
     loss, _ = model(*micro_batch)
     loss.backward()
     return {n: p.grad for n, p in model.named_parameters()}, dict(model.named_buffers())
@@ -78,25 +87,26 @@ def test_a_skipped_micro_batch_does_not_shrink_the_step_in_one_process():
     assert_same(dict(model.named_buffers()), expected_buffers)
 
 
-def rank_step(rank, store, out):
+def rank_step(rank, store, out, kind):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
-        model = tiny_model().train()
+        model = tiny_model(kind).train()
         initial = {name: b.clone() for name, b in model.named_buffers()}
         ddp_model = DistributedDataParallel(model)
-        micro_batch = batch(4, seed=1) if rank == 0 else batch(0, seed=2)  # rank 1: nothing readable
+        micro_batch = batch(4, 1, kind) if rank == 0 else batch(0, 2, kind)  # rank 1: nothing readable
         grads = train_step(model, ddp_model, [micro_batch], DistEnv(rank, 2, CPU), update_every=1)
         torch.save({"grads": grads, "buffers": dict(model.named_buffers()), "initial": initial}, out / f"{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_a_rank_that_skips_its_micro_batch_moves_no_buffer_under_ddp(tmp_path):
-    mp.spawn(rank_step, args=(tmp_path / "store", tmp_path), nprocs=2)
+@pytest.mark.parametrize("kind", ["token", "aggregator"])
+def test_a_rank_that_skips_its_micro_batch_moves_no_buffer_under_ddp(tmp_path, kind):
+    mp.spawn(rank_step, args=(tmp_path / "store", tmp_path, kind), nprocs=2)
     first, second = (torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1))
-    expected_grads, expected_buffers = reference(batch(4, seed=1))
-    assert any("ema_centres" in name for name in expected_buffers)
+    expected_grads, expected_buffers = reference(batch(4, 1, kind), kind)
+    assert any(("ema_centres" if kind == "token" else "running_mean") in name for name in expected_buffers)
     assert_same(second["buffers"], second["initial"])  # no BatchNorm statistic nor VQ centre of the blank batch
     assert_same(first["buffers"], expected_buffers)
     assert_same(first["grads"], expected_grads)  # the mean over the one usable micro-batch of the two ranks

@@ -42,12 +42,16 @@ class DemoRecipe:
             return TokenConfig(**self.model, **TOKEN_VARIANTS[name])
         return CONFIGS[name](**self.baselines[name])
 
-    def train_flags(self, name, progress=True):
-        """train.py's flags that train the model ``name`` with this recipe into ``run_dir/name``, on the CPU."""
+    def train_flags(self, name, progress=True, extractor=None):
+        """train.py's flags that train the model ``name`` with this recipe into ``run_dir/name``, on the CPU. The
+        aggregator reads the local features of ``extractor`` (a checkpoint), of the images thumbnailed to the
+        evaluation's size, ``test_imsize``; the other models train from scratch on ``imsize`` crops."""
         config = self.config(name)
+        inputs = (["--extractor", str(extractor), "--imsize", str(self.test_imsize)] if config.model == "aggregator"
+                  else ["--no-pretrained", "--imsize", str(self.imsize)])
         return ["--model", config.model, *config.as_flags(), "--data-root", self.data_root,
-                "--output-dir", str(Path(self.run_dir) / name), "--no-pretrained", "--device", "cpu",
-                "--workers", "0", "--imsize", str(self.imsize), "--epochs", str(self.epochs),
+                "--output-dir", str(Path(self.run_dir) / name), *inputs, "--device", "cpu",
+                "--workers", "0", "--epochs", str(self.epochs),
                 "--batch-size", str(self.batch_size), "--optimizer", "adamw", "--lr", str(self.lr),
                 "--weight-decay", str(self.weight_decay), "--schedule", "cosine",
                 "--warmup-epochs", str(self.warmup_epochs), "--warmup-lr", str(self.lr / 100),
@@ -71,13 +75,17 @@ DEMO = DemoRecipe(world=dict(num_train_landmarks=100, num_distractors=50),
                                  delg=dict(HEAD, out_dim=512, local_dim=128, local_margin=0.0, local_scale=16.0),
                                  netvlad=dict(HEAD, dim=256, heads=4, dropout=0.0, drop_path=0.0),
                                  apgem=dict(HEAD, out_dim=512),
-                                 how=dict(HEAD, skip_layer=1)))
+                                 how=dict(HEAD, skip_layer=1),
+                                 # over the demo HOW's frozen 128-d local features, with Token's sizes and head
+                                 aggregator=dict(arcface_margin=0.0, arcface_scale=16.0, local_dim=128,
+                                                 num_features=256, dim=256, out_dim=1024, heads=4, dropout=0.0)))
 QUICK = DemoRecipe(world=dict(num_train_landmarks=6, images_per_landmark=(4, 6), num_test_landmarks=3,
                               db_views_per_landmark=(4, 6), num_distractors=10),
                    model=dict(DEMO.model, dim=32, out_dim=32),
                    baselines=dict(rmac=dict(HEAD, out_dim=32), solar=dict(HEAD, out_dim=32),
                                   delg=dict(DEMO.baselines["delg"], out_dim=32, local_dim=16),
                                   netvlad=dict(DEMO.baselines["netvlad"], dim=32), apgem=dict(HEAD, out_dim=32),
-                                  how=DEMO.baselines["how"]),
+                                  how=DEMO.baselines["how"],
+                                  aggregator=dict(DEMO.baselines["aggregator"], num_features=32, dim=32, out_dim=32)),
                    data_root="data/synthetic/quick", run_dir="runs/demo/quick", epochs=1, warmup_epochs=1,
                    batch_size=8, test_imsize=64, asmk_words=64)
