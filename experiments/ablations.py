@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from datasets.synthetic import SCENES
+from datasets.synthetic import SCENE_HELP, SCENES
 from experiments.report import markdown, plot
 from experiments.runner import load_result, plan, run_jobs
 from experiments.tables import PAPER_TABLES, TABLES
@@ -55,10 +55,8 @@ def get_args_parser():
                         help="folder of the jobs' checkpoints and results, and of ablations.md and ablations.png "
                              "(with --world cluttered: its subfolder cluttered/)")
     parser.add_argument("--world", choices=SCENES, default="plain",
-                        help="plain: the demo's world; cluttered: every photo but the queries shows its landmark "
-                             "smaller and off-centre, in front of two other landmarks and with more occluders, as "
-                             "docs/ablations.md decided before any result; its worlds and jobs go under "
-                             "--data-root/cluttered and --run-dir/cluttered (default: plain)")
+                        help=f"the world (datasets.synthetic --scene): {SCENE_HELP}; the cluttered world's worlds "
+                             "and jobs go under --data-root/cluttered and --run-dir/cluttered (default: plain)")
     parser.add_argument("--quick", action="store_true",
                         help="the demo's tiny recipe (a few images, one epoch): checks the pipeline, not the models")
     parser.add_argument("--dry-run", action="store_true",

@@ -36,10 +36,10 @@ import utils.command  # noqa: F401  (first: Ctrl-C while the modules below impor
 from datasets.synthetic.cli import main
 from datasets.synthetic.landmarks import CANVAS, Landmark, render_landmark
 from datasets.synthetic.palette import NUM_PALETTES
-from datasets.synthetic.tasks import JPEG_QUALITY, SCENES, TEST_NAME
+from datasets.synthetic.tasks import JPEG_QUALITY, SCENE_HELP, SCENES, TEST_NAME
 from datasets.synthetic.views import Clutter, label_view, render_background, render_view
 from datasets.synthetic.world import MARKER, META, VERSION, SyntheticWorld, ensure_generated, generate
 
-__all__ = ["CANVAS", "JPEG_QUALITY", "MARKER", "META", "NUM_PALETTES", "SCENES", "TEST_NAME", "VERSION", "Clutter",
-           "Landmark", "SyntheticWorld", "ensure_generated", "generate", "label_view", "main", "render_background",
-           "render_landmark", "render_view"]
+__all__ = ["CANVAS", "JPEG_QUALITY", "MARKER", "META", "NUM_PALETTES", "SCENE_HELP", "SCENES", "TEST_NAME", "VERSION",
+           "Clutter", "Landmark", "SyntheticWorld", "ensure_generated", "generate", "label_view", "main",
+           "render_background", "render_landmark", "render_view"]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from datasets.gldv2 import GLDV2_DIR
-from datasets.synthetic.tasks import SCENES, TEST_NAME
+from datasets.synthetic.tasks import SCENE_HELP, SCENES, TEST_NAME
 from datasets.synthetic.world import ensure_generated, generate
 from utils import checks
 from utils.errors import fail_cleanly
@@ -67,11 +67,7 @@ def get_args_parser():
     parser.add_argument("--image-size", type=_range(96, 4096), metavar="N|MIN-MAX", default=(128, 160),
                         help="longer side of every image in pixels, N or MIN-MAX (default 128-160; shorter side "
                              ">= 96)")
-    parser.add_argument("--scene", choices=SCENES, default="plain",
-                        help="plain: every photo of a landmark shows it large and near the centre; cluttered: the "
-                             "queries are the same, every other photo shows its landmark at 0.5-0.75 times that "
-                             "size, anywhere in the middle 70%% of the frame, in front of two other landmarks and "
-                             "with more occluders, as docs/ablations.md decided (default plain)")
+    parser.add_argument("--scene", choices=SCENES, default="plain", help=f"{SCENE_HELP} (default plain)")
     parser.add_argument("--workers", type=checks.WORKERS, metavar="N", default=None,
                         help="generator processes (default: min(2, CPU count); 0 or 1: no subprocesses)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a complete matching world exists")

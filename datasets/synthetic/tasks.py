@@ -32,6 +32,10 @@ from datasets.synthetic.views import Clutter, label_view, render_view
 TEST_NAME = "synthetic"
 JPEG_QUALITY = 90
 SCENES = ("plain", "cluttered")  # the worlds: docs/demo.md, and docs/ablations.md for the cluttered one
+SCENE_HELP = ("plain: every photo of a landmark shows it large and near the centre; cluttered: the queries are the "
+              "same, every other photo shows its landmark at 0.5-0.75 times that size, anywhere in the middle 70%% of "
+              "the frame, in front of two other landmarks and with more occluders, as docs/ablations.md decided before "
+              "any result")  # the --scene / --world help (argparse: %% is a percent sign)
 CLUTTER_POOL = 40  # clutter landmarks per cluttered world
 TRAIN, TEST, DISTRACTOR_LANDMARK, BACKGROUNDS = "train", "test", "distractor_landmark", "backgrounds"
 
