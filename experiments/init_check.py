@@ -9,7 +9,7 @@ them), mean, std, max |w|, and two tests under each initialisation hypothesis, a
   normal over fan_in and over fan_out (std sqrt(2 / fan), torchvision's ResNet convolutions use fan_out);
 - biases: PyTorch's default (U(-b, b), b = 1/sqrt(fan_in) of the layer's weight) and zero.
 
-The tests: a Kolmogorov-Smirnov test of the values against the distribution (asymptotic p-value), and a test of the
+The tests: a Kolmogorov-Smirnov test of the values against the distribution (``scipy.stats.kstest``), and a test of the
 largest |w| (a uniform: none beyond b, and the probability of a maximum this far below b; a normal: the probability
 of a maximum this extreme, two-sided). A tensor is consistent with a hypothesis when both p-values are at least
 0.001. The tests see the values' distribution only: a layer trained so little that its values' distribution did not
@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from scipy.stats import kstest, norm, uniform
 
 from utils import checks
 from utils.atomic import save_json
@@ -51,6 +51,10 @@ class Hypothesis:
     name: str
     kind: str
     scale: object = None
+
+    def distribution(self, scale):
+        """The hypothesis' distribution at the scale s, as ``scipy.stats`` holds it."""
+        return uniform(-scale, 2 * scale) if self.kind == "uniform" else norm(0, scale)
 
     def describe(self, fan_in, fan_out):
         if self.kind == "zero":
@@ -78,37 +82,6 @@ def fans(shape):
     return shape[1] * receptive, shape[0] * receptive
 
 
-def cdf(hypothesis, scale, x):
-    """The hypothesis' cumulative distribution function at ``x`` (a float64 tensor)."""
-    if hypothesis.kind == "uniform":
-        return ((x + scale) / (2 * scale)).clamp(0, 1)
-    return 0.5 * torch.special.erfc(-x / (scale * math.sqrt(2)))
-
-
-def ks_statistic(x, cdf_of):
-    """The Kolmogorov-Smirnov statistic D = sup |F_n(x) - F(x)| of the values ``x`` (a sorted 1-d float64 tensor)
-    against the continuous CDF ``cdf_of``: the largest of i/n - F(x_(i)) and F(x_(i)) - (i-1)/n, i = 1..n."""
-    n = x.numel()
-    f = cdf_of(x)
-    i = torch.arange(1, n + 1, dtype=torch.float64)
-    return max((i / n - f).max().item(), (f - (i - 1) / n).max().item())
-
-
-def ks_pvalue(d, n):
-    """The asymptotic p-value P(D >= d) of the Kolmogorov distribution, at lambda = (sqrt(n) + 0.12 +
-    0.11/sqrt(n)) d (Stephens' correction for finite n): 2 sum (-1)^(j-1) exp(-2 j^2 lambda^2), or for small lambda
-    the equivalent 1 - sqrt(2 pi)/lambda sum exp(-(2j-1)^2 pi^2 / (8 lambda^2)), j = 1, 2, ..."""
-    lam = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * d
-    if lam <= 0:
-        return 1.0
-    if lam < 1.18:
-        p = 1 - math.sqrt(2 * math.pi) / lam * sum(math.exp(-((2 * j - 1) ** 2) * math.pi**2 / (8 * lam**2))
-                                                    for j in range(1, 50))
-    else:
-        p = 2 * sum((-1) ** (j - 1) * math.exp(-2 * j**2 * lam**2) for j in range(1, 100))
-    return min(max(p, 0.0), 1.0)
-
-
 def max_abs_pvalue(hypothesis, scale, largest, n):
     """The p-value of ``largest``, the largest |w| of ``n`` draws from the hypothesis (U(-scale, scale) or
     N(0, scale^2)), whose CDF is G(m) = P(|w| <= m)^n. Uniform: 0 beyond the bound (by more than float32 rounding),
@@ -128,8 +101,8 @@ def hypothesis_tests(x, hypothesis, fan_in, fan_out):
         return {"hypothesis": hypothesis.name, "distribution": "all 0", "ks_d": None, "ks_p": None, "max_p": None,
                 "consistent": bool((x == 0).all())}
     scale, n = hypothesis.scale(fan_in, fan_out), x.numel()
-    d = ks_statistic(x, lambda v: cdf(hypothesis, scale, v))
-    ks_p = ks_pvalue(d, n)
+    d, ks_p = kstest(x.numpy(), hypothesis.distribution(scale).cdf)
+    d, ks_p = float(d), float(ks_p)
     max_p = max_abs_pvalue(hypothesis, scale, max(-x[0].item(), x[-1].item()), n)
     return {"hypothesis": hypothesis.name, "distribution": hypothesis.describe(fan_in, fan_out), "ks_d": d,
             "ks_p": ks_p, "max_p": max_p, "consistent": ks_p >= ALPHA and max_p >= ALPHA}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.init_check import check_tensor, fans, ks_pvalue, main
+from experiments.init_check import ALPHA, WEIGHT_HYPOTHESES, check_tensor, fans, hypothesis_tests, main
 from networks.delg import DELG
 from networks.rmac import RMAC
 from tests.conftest import ROOT
@@ -106,8 +106,13 @@ def test_the_released_r101_delg_layout(tmp_path):
 
 def test_the_statistics():
     assert fans((128, 1024, 1, 1)) == (1024, 128) and fans((7, 3, 3, 3)) == (27, 63)
-    assert ks_pvalue(1.36 / 1e4, 10**8) == pytest.approx(0.0495, abs=1e-4)  # the Kolmogorov distribution's 5%
-    assert ks_pvalue(0.0, 10) == 1.0
+    default = WEIGHT_HYPOTHESES[0]  # U(-b, b), b = 1/sqrt(fan_in): 1 for fan_in 1
+    # three values at the quartiles' midpoints of U(-1, 1): F = 0.25, 0.5, 0.75, so D = 0.25, far from rejected
+    test = hypothesis_tests(torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64), default, 1, 1)
+    assert test["ks_d"] == pytest.approx(0.25) and test["consistent"]
+    # 1,000 values spread over U(0, 1) only: half the distribution missing, D = 0.5, the KS test rejects it
+    test = hypothesis_tests(torch.linspace(0.0005, 0.9995, 1000, dtype=torch.float64), default, 1, 1)
+    assert test["ks_d"] == pytest.approx(0.5, abs=1e-3) and test["ks_p"] < ALPHA and not test["consistent"]
     result = check_tensor(torch.full((4, 8), 0.1), 8, 4)  # within the default's bound, but all one value
     assert result["initialisation"] is None and result["max_abs"] == pytest.approx(0.1)
 
